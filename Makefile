@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create/update .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := runs/demo
+# Two fake CPU devices with the batch sharded over them is 1.4-1.8x faster on 2 cores (stack-notes.md).
+DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+
+.PHONY: venv test demo lint clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	test -f $(DEMO)/data/test_pairs.txt || $(PY) -m reposedm_jax.data.synthetic --out $(DEMO)/data --seed 0 \
+		--identities 60 --views-per-identity 5 --height 64 --width 44
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO)
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=sample
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=eval
+	@echo "Samples: $(DEMO)/samples/*.png (grids in $(DEMO)/samples/grids/)"
+	@echo "Metrics: $(DEMO)/eval/metrics.json"
+	@cat $(DEMO)/eval/metrics.md
+
+clean-demo:
+	rm -rf $(DEMO)

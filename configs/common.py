@@ -1,0 +1,19 @@
+"""Shared parsing of the `get_config(arg)` string: 'variant=b2,runlocal'."""
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses 'k=v,flag' into a dict over `defaults`; unknown keys fail loudly."""
+  out = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, eq, value = item.partition('=')
+    if key not in out:
+      raise ValueError(f'unknown config argument {key!r}; known: {sorted(out)}')
+    default = out[key]
+    if not eq:
+      value = True
+    elif isinstance(default, bool):
+      value = value.lower() in ('1', 'true', 'yes')
+    elif isinstance(default, int):
+      value = int(value)
+    out[key] = value
+  return out

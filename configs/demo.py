@@ -1,0 +1,47 @@
+"""Demo: B1 on a small built-in synthetic dataset, trains on 2 CPU cores in minutes (`make demo`).
+
+  python -m reposedm_jax.data.synthetic --out runs/demo/data --seed 0 --identities 60 \
+      --views-per-identity 5 --height 64 --width 44
+  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo
+  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo --config.mode=sample
+  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo --config.mode=eval
+"""
+
+from configs import base, common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, variant='b1', runlocal=False)
+  config = base.get_config()
+  config.variant = args['variant']
+  config.data.dataset = 'synthetic'
+  config.data.root = 'runs/demo/data'
+  config.data.height, config.data.width = 64, 44
+  config.data.max_test_pairs = 32
+
+  m = config.model
+  m.model_channels = 32
+  m.channel_mult = (1, 2, 2, 2)
+  m.num_res_blocks = 1
+  m.attention_ds = (4, 8)
+  m.dropout = 0.0
+  m.norm_groups = 8
+
+  t = config.train
+  t.batch_size = 8
+  t.num_steps = 1500
+  t.lr = 1e-3
+  t.warmup_steps = 100
+  t.ema_decay = 0.995
+  t.ema_start_step = 100
+  t.log_every = 50
+  t.ckpt_every = 500
+  t.sample_every = 500
+
+  s = config.sample
+  s.num_steps = 50
+  s.batch_size = 16
+  if args['runlocal']:  # Smoke run for tests: seconds, not minutes.
+    t.num_steps, t.log_every, t.ckpt_every, t.sample_every = 4, 2, 2, 4
+    s.num_steps, s.num, s.batch_size = 4, 8, 8
+  return config

@@ -1,0 +1,72 @@
+"""Start-up validation of a config, with messages that say which key to change and how."""
+
+import json
+import os
+
+import jax
+
+MODES = ('train', 'sample', 'eval')
+SAMPLERS = ('ddim', 'ddpm')
+SSIM_VARIANTS = ('gaussian', 'pidm_win51', 'pidm_gauss12')
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _check(cond: bool, msg: str, problems: list[str]) -> None:
+  if not cond:
+    problems.append(msg)
+
+
+def validate(config) -> None:
+  """Raises ConfigError listing every problem found (not just the first)."""
+  p: list[str] = []
+  _check(config.mode in MODES, f'config.mode={config.mode!r} must be one of {MODES}', p)
+  _check(config.variant == 'b1', f"config.variant={config.variant!r}: this build provides 'b1'", p)
+  d = config.data
+  _check(d.format in ('pidm', 'patn'), f"config.data.format={d.format!r} must be 'pidm' or 'patn'", p)
+  _check(d.image_source in ('folder', 'lmdb'), f"config.data.image_source={d.image_source!r} must be folder|lmdb", p)
+  _check(d.on_bad_example in ('error', 'skip'), f"config.data.on_bad_example={d.on_bad_example!r} must be error|skip", p)
+  _check(bool(d.root) and os.path.isdir(d.root),
+         f'config.data.root={d.root!r} is not a directory (pass --config.data.root=/path/to/dataset)', p)
+  _check(d.height > 0 and d.width > 0, 'config.data.height/width must be positive', p)
+  _check(0 <= d.scale_param < 1 and 0 <= d.hflip_prob <= 1, 'data.scale_param in [0,1), data.hflip_prob in [0,1]', p)
+  m = config.model
+  levels = len(m.channel_mult)
+  for mult in m.channel_mult:
+    _check((m.model_channels * mult) % m.norm_groups == 0,
+           f'model.norm_groups={m.norm_groups} must divide every width (model_channels*mult = '
+           f'{m.model_channels * mult})', p)
+  for ds in m.attention_ds:
+    _check(ds & (ds - 1) == 0 and ds <= 2 ** (levels - 1),
+           f'model.attention_ds entry {ds} must be a power of two <= {2 ** (levels - 1)} '
+           f'(the deepest level of channel_mult={tuple(m.channel_mult)})', p)
+  _check(m.dtype in ('float32', 'bfloat16'), f"model.dtype={m.dtype!r} must be 'float32' or 'bfloat16'", p)
+  t = config.train
+  n_dev = jax.device_count()
+  per_pair = 2 if d.both_directions else 1
+  _check(t.batch_size % n_dev == 0, f'train.batch_size={t.batch_size} must be divisible by the {n_dev} devices', p)
+  _check(t.batch_size % (per_pair * jax.process_count()) == 0,
+         f'train.batch_size={t.batch_size} must be divisible by {per_pair * jax.process_count()} '
+         '(processes x 2 when data.both_directions)', p)
+  _check(t.grid_pairs % n_dev == 0, f'train.grid_pairs={t.grid_pairs} must be divisible by {n_dev} devices', p)
+  _check(0 <= t.cond_drop_prob < 1, 'train.cond_drop_prob must be in [0, 1)', p)
+  for key in ('log_every', 'ckpt_every', 'sample_every', 'num_steps'):
+    _check(t[key] > 0, f'train.{key} must be positive', p)
+  s = config.sample
+  _check(s.sampler in SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {SAMPLERS}', p)
+  _check(s.batch_size % n_dev == 0, f'sample.batch_size={s.batch_size} must be divisible by {n_dev} devices', p)
+  _check(0 < s.num_steps <= config.diffusion.timesteps, 'sample.num_steps must be in [1, diffusion.timesteps]', p)
+  _check(config.eval.ssim_variant in SSIM_VARIANTS, f'eval.ssim_variant must be one of {SSIM_VARIANTS}', p)
+  if config.init_from:
+    _check(os.path.exists(config.init_from), f'config.init_from={config.init_from!r} does not exist', p)
+  if p:
+    raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(p))
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=1, sort_keys=True)

@@ -1,0 +1,55 @@
+"""Entry point: python -m reposedm_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.k=v].
+
+`config.mode` picks the job: train | sample | eval.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from reposedm_jax import config_lib, sharding
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:args]).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, samples, logs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  sharding.maybe_initialize_distributed()
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  config_lib.validate(config)
+  config_lib.write_config(config, workdir)
+  logging.info('Config:\n%s', config)
+  if config.mode == 'train':
+    from reposedm_jax import train
+    train.train_and_evaluate(config, workdir)
+  elif config.mode == 'sample':
+    from reposedm_jax import sample
+    sample.run_sample(config, workdir)
+  elif config.mode == 'eval':
+    from reposedm_jax import evaluate
+    evaluate.run_eval(config, workdir)
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad --config.key=value becomes one readable line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError, ValueError, flags.Error) as e:
+    overrides = [a for a in argv[1:] if a.startswith('--config')]
+    reason = str(e).strip('"\'').replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    sys.exit(f'Invalid command line: {reason}\n  config arguments given: {overrides}')
+
+
+def run():
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except config_lib.ConfigError as e:
+    sys.exit(str(e))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,1 @@
+"""reposedm_jax.models."""

@@ -1,0 +1,26 @@
+"""Builds the network for `config.variant` and initialises its parameters."""
+
+import jax
+import jax.numpy as jnp
+
+from reposedm_jax.models.unet import PIDMUNet
+
+VARIANTS = ('b1',)
+
+
+def build_model(config):
+  """B1 = PIDM's U-Net with its source encoder (RPA and PIF variants extend it)."""
+  if config.variant != 'b1':
+    raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
+  return PIDMUNet.from_config(config.model)
+
+
+def dummy_inputs(config, batch: int = 1):
+  h, w = config.data.height, config.data.width
+  m = config.model
+  return (jnp.zeros((batch, h, w, m.image_channels)), jnp.zeros((batch,), jnp.int32),
+          jnp.zeros((batch, h, w, m.pose_channels)), jnp.zeros((batch, h, w, m.image_channels)))
+
+
+def init_params(model, config, rng):
+  return model.init({'params': rng}, *dummy_inputs(config), train=False)['params']

@@ -1,0 +1,116 @@
+"""Sampling: the jitted generator (CFG, DDIM or respaced DDPM) and the `mode=sample` driver.
+
+Outputs go to `workdir/samples/`: one PNG per pair named as PIDM's generator names them
+('<src>_2_<tgt>_vis.png'), grids (source | target pose | generated | ground truth) under
+`grids/`, and `manifest.jsonl` mapping every PNG to its pair (what eval mode reads).
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from reposedm_jax import logs, sharding, visualize
+from reposedm_jax.data import dataset, names, pipeline
+from reposedm_jax.diffusion import samplers
+from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
+from reposedm_jax.models import factory
+
+
+def generate(params, batch, rng, *, model, sched, scfg, num_steps):
+  """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`."""
+  src, pose = batch['src_img'], batch['tgt_pose']
+  variables = {'params': params}
+  # The encoder runs once per sample, not once per step; the null condition is a zero image.
+  feats_c = model.apply(variables, src, train=False, method=model.encode)
+  feats_u = model.apply(variables, jnp.zeros_like(src), train=False, method=model.encode)
+  feats = [jnp.concatenate([c, u]) for c, u in zip(feats_c, feats_u)]
+  pose2 = jnp.concatenate([pose, pose])
+
+  def apply_fn(x2, t2):
+    return model.apply(variables, x2, t2, pose2, feats, train=False, method=model.denoise).astype(jnp.float32)
+
+  model_fn = samplers.cfg_model_fn(apply_fn, scfg.guidance_scale)
+  k_init, k_loop = jax.random.split(rng)
+  x_t = jax.random.normal(k_init, src.shape, jnp.float32)
+  if scfg.sampler == 'ddim':
+    return samplers.ddim_sample(model_fn, sched, x_t, num_steps, eta=scfg.eta, rng=k_loop)
+  if scfg.sampler == 'ddpm':
+    spaced = respace(sched, ddim_timesteps(sched.num_timesteps, num_steps))
+    return samplers.ddpm_sample(model_fn, spaced, x_t, k_loop)
+  raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {scfg.sampler!r}")
+
+
+def make_sampler(model, sched, config, mesh, num_steps: int):
+  """Returns fn(params, host_batch, rng) -> numpy [B, H, W, C]; B must divide over the mesh."""
+  fn = jax.jit(functools.partial(generate, model=model, sched=sched, scfg=config.sample, num_steps=num_steps),
+               in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+               out_shardings=sharding.batch_sharding(mesh))
+  keys = ('src_img', 'tgt_pose')
+
+  def run(params, host_batch, rng):
+    batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
+    return sharding.process_local(fn(params, batch, rng))
+
+  return run
+
+
+def load_sampling_params(config, workdir: str, mesh):
+  """EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`."""
+  from reposedm_jax import checkpoint, train  # Local import: train imports this module.
+  model = factory.build_model(config)
+  tx = train.make_optimizer(config.train)
+  init_rng, _ = jax.random.split(jax.random.key(config.seed))
+  abstract = jax.eval_shape(lambda r: train.init_state(model, tx, config, r), init_rng)
+  repl = sharding.replicated(mesh)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  state = checkpoint.restore_latest(manager, abstract)
+  manager.close()
+  if state is not None:
+    return model, state['ema_params' if config.sample.use_ema else 'params'], int(state['step'])
+  if config.init_from:
+    return model, checkpoint.load_params(config.init_from, abstract['params']), 0
+  raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints and config.init_from is empty.')
+
+
+def run_sample(config, workdir: str) -> str:
+  """Generates the test pairs (first `sample.num`, -1 = all); returns the output directory."""
+  scfg = config.sample
+  mesh = sharding.make_mesh(config.mesh)
+  model, params, step = load_sampling_params(config, workdir, mesh)
+  sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
+  sampler = make_sampler(model, sched, config, mesh, scfg.num_steps)
+  split = dataset.load_split(config.data, 'test')
+  limit = scfg.num if scfg.num >= 0 else config.data.max_test_pairs
+  n = len(split) if limit < 0 else min(limit, len(split))
+  out_dir = os.path.join(workdir, 'samples')
+  per_process = scfg.batch_size // jax.process_count()
+  batches = pipeline.iterate_eval(config.data, split, per_process, limit=n, shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+  logs.log_line(f'Sampling {n} test pairs with {scfg.sampler} x {scfg.num_steps} steps, CFG {scfg.guidance_scale}, '
+                f'from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
+  manifest = []
+  rng = jax.random.key(scfg.seed)
+  total = -(-n // per_process // jax.process_count())
+  for b, batch in enumerate(tqdm(batches, total=total, desc='sampling', disable=jax.process_index() != 0)):
+    images = sampler(params, batch, jax.random.fold_in(rng, b))
+    for i in np.flatnonzero(batch['valid']):
+      pair = split.pairs[int(batch['pair_index'][i])]
+      name = names.output_name(pair.sources[0], pair.target)
+      visualize.save_png(os.path.join(out_dir, name), visualize.to_uint8(images[i]))
+      manifest.append({'name': name, 'pair_index': int(batch['pair_index'][i]), 'source': pair.sources[0],
+                       'target': pair.target})
+    if scfg.grids:
+      valid = batch['valid']
+      grid = visualize.pair_grid(batch['src_img'][valid], batch['tgt_pose'][valid], images[valid],
+                                 batch['tgt_img'][valid])
+      visualize.save_png(os.path.join(out_dir, 'grids', f'grid_p{jax.process_index()}_{b:05d}.png'), grid)
+  with open(os.path.join(out_dir, f'manifest_p{jax.process_index()}.jsonl'), 'w') as f:
+    f.writelines(json.dumps(m) + '\n' for m in manifest)
+  logs.log_line(f'Wrote {len(manifest)} images and grids to {out_dir}')
+  return out_dir

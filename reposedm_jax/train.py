@@ -1,0 +1,197 @@
+"""Training: one readable loop in banner-separated sections (after big_vision's train.py).
+
+State is a plain pytree {params, opt_state, ema_params, step}; the step RNG is
+fold_in(seed, step), so resuming needs no RNG checkpoint and 2 + 2 steps equal 4.
+"""
+
+import functools
+import json
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from reposedm_jax import checkpoint, logs, sharding, visualize
+from reposedm_jax.data import dataset, pipeline
+from reposedm_jax.diffusion import gaussian
+from reposedm_jax.diffusion.schedule import linear_schedule
+from reposedm_jax.models import factory
+from reposedm_jax import sample as sample_lib
+
+
+# ----------------------------------------------------------------------------- optimizer & state
+
+def make_optimizer(tcfg) -> optax.GradientTransformation:
+  """AdamW with PIDM's linear warm-up (from lr * warmup_init_frac) then a flat lr, and global-norm clipping."""
+  lr = optax.join_schedules(
+      [optax.linear_schedule(tcfg.lr * tcfg.warmup_init_frac, tcfg.lr, max(tcfg.warmup_steps, 1)),
+       optax.constant_schedule(tcfg.lr)], [tcfg.warmup_steps])
+  parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
+  parts.append(optax.adamw(lr, b1=tcfg.b1, b2=tcfg.b2, weight_decay=tcfg.weight_decay))
+  return optax.chain(*parts)
+
+
+def learning_rate(tcfg, step):
+  frac = jnp.clip(step / max(tcfg.warmup_steps, 1), 0.0, 1.0)
+  return tcfg.lr * (tcfg.warmup_init_frac + (1 - tcfg.warmup_init_frac) * frac)
+
+
+def init_state(model, tx, config, rng):
+  params = factory.init_params(model, config, rng)
+  return {'params': params, 'opt_state': tx.init(params), 'ema_params': params,
+          'step': jnp.zeros((), jnp.int32)}
+
+
+# ----------------------------------------------------------------------------- update step
+
+def train_step(state, batch, base_rng, *, model, sched, tx, config):
+  """One optimisation step on a global batch; pure, jit-able, sharding-agnostic."""
+  tcfg = config.train
+  step = state['step']
+  rng = jax.random.fold_in(base_rng, step)
+  k_t, k_noise, k_drop, k_dropout = jax.random.split(rng, 4)
+  x0 = batch['tgt_img']
+  b = x0.shape[0]
+  t = jax.random.randint(k_t, (b,), 0, sched.num_timesteps)
+  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  x_t = gaussian.q_sample(sched, x0, t, noise)
+  # CFG training: the null condition is an all-zero (mid-grey) source image, as PIDM.
+  keep = jax.random.bernoulli(k_drop, 1.0 - tcfg.cond_drop_prob, (b,))
+  src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
+
+  def loss_fn(params):
+    out = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
+                      rngs={'dropout': k_dropout})
+    terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
+                                 vlb_weight=config.diffusion.vlb_weight)
+    return terms['loss'].mean(), terms
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  # EMA is a plain copy for the first ema_start_step steps (PIDM), then decays.
+  decay = jnp.where(step < tcfg.ema_start_step, 0.0, tcfg.ema_decay)
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state['ema_params'], params)
+  metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
+             'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params),
+             'update_norm': optax.global_norm(updates), 'lr': learning_rate(tcfg, step)}
+  new_state = {'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
+  return new_state, metrics
+
+
+def compile_train_step(model, sched, tx, config, mesh, state_sharding):
+  step_fn = functools.partial(train_step, model=model, sched=sched, tx=tx, config=config)
+  return jax.jit(step_fn, donate_argnums=0,
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)))
+
+
+# ----------------------------------------------------------------------------- preemption
+
+class StopFlag:
+  """Set by SIGTERM/SIGINT; the loop checks it after each step, saves and exits cleanly."""
+
+  def __init__(self):
+    self.stop = False
+    self._old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handler)
+
+  def _handler(self, signum, frame):
+    logging.warning('Received signal %d: checkpointing and exiting.', signum)
+    self.stop = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics."""
+  tcfg = config.train
+  # --- Mesh
+  mesh = sharding.make_mesh(config.mesh)
+  logs.log_line(f'Mesh {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)')
+
+  # --- Input pipeline
+  train_split = dataset.load_split(config.data, 'train')
+  test_split = dataset.load_split(config.data, 'test')
+  loader = pipeline.make_train_loader(config.data, train_split, global_batch=tcfg.batch_size, seed=config.seed,
+                                      shard_index=jax.process_index(), shard_count=jax.process_count())
+  data_iter = iter(loader)
+
+  # --- Model, diffusion, optimizer
+  model = factory.build_model(config)
+  sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
+  tx = make_optimizer(tcfg)
+  # Separate streams for init and for the per-step fold_in(step) keys.
+  init_rng, base_rng = jax.random.split(jax.random.key(config.seed))
+  repl = sharding.replicated(mesh)
+  abstract = jax.eval_shape(lambda r: init_state(model, tx, config, r), init_rng)
+  state_sharding = jax.tree.map(lambda _: repl, abstract)
+
+  # --- Load checkpoint (workdir > init_from > scratch)
+  manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints)
+  abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                  state_sharding)
+  state = checkpoint.restore_latest(manager, abstract_sharded, data_iter)
+  if state is None:
+    state = jax.jit(lambda r: init_state(model, tx, config, r), out_shardings=state_sharding)(init_rng)
+    if config.init_from:
+      params = checkpoint.load_params(config.init_from, abstract_sharded['params'])
+      state = {**state, 'params': params, 'ema_params': params, 'opt_state': tx.init(params)}
+  first_step = int(state['step'])
+  n_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  logs.log_line(f'Model {config.variant}: {n_params / 1e6:.2f} M parameters; starting at step {first_step}')
+
+  step_fn = compile_train_step(model, sched, tx, config, mesh, state_sharding)
+  sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=config.sample.num_steps)
+  grid_batch = next(pipeline.iterate_eval(config.data, test_split, tcfg.grid_pairs))
+  writer = logs.MetricWriter(workdir)
+  progress = logs.Progress(tcfg.num_steps, first_step)
+  stop = StopFlag()
+  last = {}
+
+  # --- Train loop
+  step = first_step
+  try:
+    while step < tcfg.num_steps and not stop.stop:
+      batch = sharding.global_batch(next(data_iter), mesh)
+      state, metrics = step_fn(state, batch, base_rng)
+      step += 1
+      if step % tcfg.log_every == 0 or step == tcfg.num_steps:
+        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(np.isfinite(v) for v in last.values()):
+          raise FloatingPointError(f'Non-finite metrics at step {step}: {last}')
+        rate = progress.rate(step)
+        writer.scalars(step, {**last, 'steps_per_sec': rate})
+        logs.log_line(progress.line(step, rate, loss=last['loss'], mse=last['mse']))
+      if step % tcfg.ckpt_every == 0:
+        checkpoint.save(manager, step, state, data_iter)
+      if step % tcfg.sample_every == 0 or step == tcfg.num_steps:
+        generated = sampler(state['ema_params'], grid_batch, jax.random.key(config.sample.seed))
+        grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
+                                   grid_batch['tgt_img'])
+        if jax.process_index() == 0:
+          visualize.save_png(os.path.join(workdir, 'samples', f'train_step_{step:07d}.png'), grid)
+        writer.image(step, 'samples', grid)
+  finally:
+    stop.restore()
+  # --- Final / preemption checkpoint
+  if manager.latest_step() != step:
+    checkpoint.save(manager, step, state, data_iter)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if stop.stop:
+    logs.log_line(f'Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.')
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
+      json.dump({'step': step, 'metrics': last, 'preempted': stop.stop}, f, indent=1)
+  return {'step': step, **last}

@@ -1,0 +1,33 @@
+"""Sample grids: one row per pair, columns source | target pose | generated | ground truth."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+  """[-1, 1] float image(s) -> uint8 in [0, 255]."""
+  return np.clip(np.round((np.asarray(img, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def pose_to_uint8(pose: np.ndarray) -> np.ndarray:
+  """The RGB skeleton channels (0-2, in [0, 1]) of PIDM pose tensors -> uint8."""
+  return np.clip(np.round(np.asarray(pose)[..., :3] * 255.0), 0, 255).astype(np.uint8)
+
+
+def pair_grid(src, tgt_pose, generated, target, pad: int = 2) -> np.ndarray:
+  """[B,H,W,3] sources/generated/targets in [-1,1] and [B,H,W,20] poses -> uint8 grid [B*(H+p), 4*(W+p), 3]."""
+  cols = [to_uint8(src), pose_to_uint8(tgt_pose), to_uint8(generated), to_uint8(target)]
+  b, h, w, _ = cols[0].shape
+  grid = np.full((b * (h + pad) + pad, 4 * (w + pad) + pad, 3), 255, np.uint8)
+  for i in range(b):
+    for j, col in enumerate(cols):
+      y, x = pad + i * (h + pad), pad + j * (w + pad)
+      grid[y:y + h, x:x + w] = col[i]
+  return grid
+
+
+def save_png(path: str, img_u8: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  Image.fromarray(img_u8).save(path)
