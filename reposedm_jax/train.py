@@ -48,19 +48,30 @@ def init_state(model, tx, config, rng):
 
 # ----------------------------------------------------------------------------- update step
 
+def draw_step_inputs(rng, x0, num_timesteps: int, cond_drop_prob: float):
+  """Per-example t ~ U{0..T-1}, noise ~ N(0, I) and the CFG keep-mask, drawn at the global batch shape.
+
+  Drawn globally under jit, so every row (and hence every data shard) gets its own values, and the
+  values do not depend on how the batch is laid out over devices.
+  """
+  k_t, k_noise, k_drop = jax.random.split(rng, 3)
+  b = x0.shape[0]
+  t = jax.random.randint(k_t, (b,), 0, num_timesteps)
+  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  keep = jax.random.bernoulli(k_drop, 1.0 - cond_drop_prob, (b,))
+  return t, noise, keep
+
+
 def train_step(state, batch, base_rng, *, model, sched, tx, config):
   """One optimisation step on a global batch; pure, jit-able, sharding-agnostic."""
   tcfg = config.train
   step = state['step']
   rng = jax.random.fold_in(base_rng, step)
-  k_t, k_noise, k_drop, k_dropout = jax.random.split(rng, 4)
+  k_inputs, k_dropout = jax.random.split(rng)
   x0 = batch['tgt_img']
-  b = x0.shape[0]
-  t = jax.random.randint(k_t, (b,), 0, sched.num_timesteps)
-  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  t, noise, keep = draw_step_inputs(k_inputs, x0, sched.num_timesteps, tcfg.cond_drop_prob)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   # CFG training: the null condition is an all-zero (mid-grey) source image, as PIDM.
-  keep = jax.random.bernoulli(k_drop, 1.0 - tcfg.cond_drop_prob, (b,))
   src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
 
   def loss_fn(params):
