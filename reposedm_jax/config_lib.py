@@ -5,7 +5,7 @@ import os
 
 import jax
 
-MODES = ('train', 'sample', 'eval')
+MODES = ('train', 'sample', 'eval', 'prepare')
 SAMPLERS = ('ddim', 'ddpm')
 SSIM_VARIANTS = ('gaussian', 'pidm_win51', 'pidm_gauss12')
 
@@ -25,11 +25,18 @@ def validate(config) -> None:
   _check(config.mode in MODES, f'config.mode={config.mode!r} must be one of {MODES}', p)
   _check(config.variant == 'b1', f"config.variant={config.variant!r}: this build provides 'b1'", p)
   d = config.data
-  _check(d.format in ('pidm', 'patn'), f"config.data.format={d.format!r} must be 'pidm' or 'patn'", p)
+  _check(d.format in ('pidm', 'patn', 'tfds'), f"config.data.format={d.format!r} must be pidm|patn|tfds", p)
   _check(d.image_source in ('folder', 'lmdb'), f"config.data.image_source={d.image_source!r} must be folder|lmdb", p)
   _check(d.on_bad_example in ('error', 'skip'), f"config.data.on_bad_example={d.on_bad_example!r} must be error|skip", p)
-  _check(bool(d.root) and os.path.isdir(d.root),
-         f'config.data.root={d.root!r} is not a directory (pass --config.data.root=/path/to/dataset)', p)
+  if d.format == 'tfds':
+    _check(bool(d.tfds_dir) and os.path.isdir(d.tfds_dir),
+           f'config.data.tfds_dir={d.tfds_dir!r} is not a directory (run --config.mode=prepare first)', p)
+  else:
+    _check(bool(d.root) and os.path.isdir(d.root),
+           f'config.data.root={d.root!r} is not a directory (pass --config.data.root=/path/to/dataset)', p)
+  if config.mode == 'prepare':
+    _check(d.format in ('pidm', 'patn'), 'mode=prepare reads data.format pidm|patn and writes data.tfds_dir', p)
+    _check(bool(d.tfds_dir), 'mode=prepare needs --config.data.tfds_dir=DIR', p)
   _check(d.height > 0 and d.width > 0, 'config.data.height/width must be positive', p)
   _check(0 <= d.scale_param < 1 and 0 <= d.hflip_prob <= 1, 'data.scale_param in [0,1), data.hflip_prob in [0,1]', p)
   m = config.model

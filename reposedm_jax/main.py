@@ -1,6 +1,6 @@
 """Entry point: python -m reposedm_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.k=v].
 
-`config.mode` picks the job: train | sample | eval.
+`config.mode` picks the job: train | sample | eval | prepare (tfds ArrayRecord build).
 """
 
 import logging
@@ -32,6 +32,9 @@ def main(argv):
   elif config.mode == 'eval':
     from reposedm_jax import evaluate
     evaluate.run_eval(config, workdir)
+  elif config.mode == 'prepare':
+    from reposedm_jax.data import tfds_builder
+    logging.info('Prepared %s', tfds_builder.prepare(config.data))
 
 
 def _parse_flags(argv):

@@ -9,4 +9,7 @@ def load_split(data_cfg, split: str) -> Split:
     return deepfashion.load_split(data_cfg, split)
   if data_cfg.format == 'patn':
     return patn.load_split(data_cfg, split)
-  raise ValueError(f"data.format must be 'pidm' or 'patn', got {data_cfg.format!r}")
+  if data_cfg.format == 'tfds':
+    from reposedm_jax.data import tfds_builder  # tfds is slow to import; only its users pay.
+    return tfds_builder.load_split(data_cfg, split)
+  raise ValueError(f"data.format must be 'pidm', 'patn' or 'tfds', got {data_cfg.format!r}")

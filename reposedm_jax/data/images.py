@@ -56,6 +56,18 @@ class FolderImages:
     return decode_image(path, path)
 
 
+_LMDB_ENVS: dict[tuple[int, str], object] = {}
+
+
+def _lmdb_env(path: str):
+  """One read-only environment per (process, path): lmdb refuses to open a path twice in a process."""
+  key = (os.getpid(), os.path.realpath(path))
+  if key not in _LMDB_ENVS:
+    import lmdb  # Optional dependency: only LMDB users need it.
+    _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+  return _LMDB_ENVS[key]
+
+
 class LmdbImages:
   """PIDM's LMDB: PNG bytes keyed by the UTF-8 relative path with `.png`, plus a `length` key.
 
@@ -66,16 +78,9 @@ class LmdbImages:
     if not os.path.isdir(path):
       raise BadExampleError(path, 'LMDB directory not found (set data.lmdb_path)', field='lmdb_path')
     self.path = path
-    self._env = None
-
-  def __getstate__(self):
-    return {'path': self.path, '_env': None}
 
   def _txn_get(self, key: str) -> bytes | None:
-    if self._env is None:
-      import lmdb  # Optional dependency: only LMDB users need it.
-      self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
-    with self._env.begin(write=False) as txn:
+    with _lmdb_env(self.path).begin(write=False) as txn:
       return txn.get(key.encode('utf-8'))
 
   def __len__(self) -> int:
