@@ -12,11 +12,9 @@ def fashion_name(rel_path: str) -> str:
   underscore kept. Paths that are already flat (PATN '<split>/<name>') return the name.
   """
   parts = rel_path.replace('\\', '/').split('/')
-  if parts[0] == 'img':
-    parts = parts[1:]
-  if len(parts) != 4:
+  if len(parts) < 4 or parts[-4] not in ('MEN', 'WOMEN'):
     return parts[-1]
-  gender, category, ident, fname = parts
+  gender, category, ident, fname = parts[-4:]
   head, _, rest = fname.partition('_')
   return f"fashion{gender}{category}{ident.replace('_', '')}{head}_{rest.replace('_', '')}"
 
