@@ -42,7 +42,8 @@ def learning_rate(tcfg, step):
 
 def init_state(model, tx, config, rng):
   params = factory.init_params(model, config, rng)
-  return {'params': params, 'opt_state': tx.init(params), 'ema_params': params,
+  # The EMA must own its buffers: the step donates the state, and aliased leaves cannot be donated twice.
+  return {'params': params, 'opt_state': tx.init(params), 'ema_params': jax.tree.map(jnp.copy, params),
           'step': jnp.zeros((), jnp.int32)}
 
 
@@ -156,7 +157,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = jax.jit(lambda r: init_state(model, tx, config, r), out_shardings=state_sharding)(init_rng)
     if config.init_from:
       params = checkpoint.load_params(config.init_from, abstract_sharded['params'])
-      state = {**state, 'params': params, 'ema_params': params, 'opt_state': tx.init(params)}
+      state = {**state, 'params': params, 'ema_params': jax.tree.map(jnp.copy, params),
+               'opt_state': tx.init(params)}
   first_step = int(state['step'])
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   logs.log_line(f'Model {config.variant}: {n_params / 1e6:.2f} M parameters; starting at step {first_step}')
