@@ -34,7 +34,8 @@ def generate(params, batch, rng, *, model, sched, scfg, num_steps):
   def apply_fn(x2, t2):
     return model.apply(variables, x2, t2, pose2, feats, train=False, method=model.denoise).astype(jnp.float32)
 
-  model_fn = samplers.cfg_model_fn(apply_fn, scfg.guidance_scale)
+  # guide_variance: PIDM mixes all output channels (eps and v) with the guidance scale.
+  model_fn = samplers.cfg_model_fn(apply_fn, scfg.guidance_scale, guide_variance=True)
   k_init, k_loop = jax.random.split(rng)
   x_t = jax.random.normal(k_init, src.shape, jnp.float32)
   if scfg.sampler == 'ddim':

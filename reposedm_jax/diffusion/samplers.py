@@ -1,0 +1,222 @@
+"""DDIM and ancestral (DDPM) samplers, classifier-free guidance wrapper.
+
+Contract: `model_fn(x_t_bhwc, t_b) -> out_bhw(2C)`, where t_b are MODEL-facing timesteps
+(int32 [B], i.e. s.timestep_map[index]) and out holds (eps, v) on the last axis.
+
+Both loops are `lax.scan`s (one compiled body whatever the number of steps) and accept an
+optional `eps_correction_fn(x_t, t_index, eps, pred_x0) -> eps` applied to eps before each
+update; gradient guidance plugs in there. `t_index` is the int32 scalar index into the
+schedule's tables at that step, `pred_x0` the x0 implied by the uncorrected eps.
+The per-step noise key is fold_in(rng, t_index), so no key is threaded through the loop.
+"""
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reposedm_jax.diffusion.gaussian import p_mean_variance, split_model_output
+from reposedm_jax.diffusion.schedule import Schedule, ddim_timesteps
+
+ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+EpsCorrectionFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def cfg_model_fn(apply_fn: ModelFn, scale: float, guide_variance: bool = False) -> ModelFn:
+  """Wraps a 2B-batch network call into a classifier-free-guided model_fn.
+
+  `apply_fn(x_2b, t_2b)` must treat the first half of the batch as conditional and the second
+  as null (the caller arranges the conditions, e.g. encoder(src) then encoder(zeros)); one
+  batched call serves both halves. eps = eps_u + scale (eps_c - eps_u), evaluated as
+  eps_c + (scale - 1)(eps_c - eps_u) so that scale = 1 returns eps_c bit-exactly.
+
+  By default the variance channels v come from the conditional half, unguided: guidance is
+  an extrapolation of the score (eps), while v is an interpolation weight in [-1, 1] that
+  extrapolation could push outside its range. PIDM's DDIM reads only eps, so it is
+  unaffected. PIDM's public `forward_with_cond_scale` extrapolates all 2C channels, which
+  changes its DDPM sampler's variance; `guide_variance=True` reproduces that.
+
+  Args:
+    apply_fn: network call on [2B, H, W, C] inputs and [2B] timesteps -> [2B, H, W, 2C].
+    scale: guidance scale s (PIDM uses 2).
+    guide_variance: extrapolate v as well (PIDM's exact behaviour).
+
+  Returns:
+    model_fn(x_bhwc, t_b) -> [B, H, W, 2C].
+  """
+  def model_fn(x_bhwc, t_b):
+    out_2b = apply_fn(jnp.concatenate([x_bhwc, x_bhwc], axis=0), jnp.concatenate([t_b, t_b]))
+    out_c, out_u = jnp.split(out_2b, 2, axis=0)
+    if guide_variance:
+      return out_c + (scale - 1.0) * (out_c - out_u)
+    eps_c, v_c = split_model_output(out_c)
+    eps_u, _ = split_model_output(out_u)
+    eps = eps_c + (scale - 1.0) * (eps_c - eps_u)
+    return jnp.concatenate([eps, v_c], axis=-1)
+  return model_fn
+
+
+# ---------------------------------------------------------------------------------------- DDIM
+
+def ddim_tables(s: Schedule, num_steps: int):
+  """PIDM's DDIM step tables, ascending in time (NumPy).
+
+  Returns:
+    (t_index int64 [N], acp float64 [N], acp_prev float64 [N]); acp_prev[0] = 1 because the
+    step before the first is -1 with abar(-1) = 1.
+  """
+  t_index = np.asarray(ddim_timesteps(s.num_timesteps, num_steps), dtype=np.int64)
+  acp = s.alphas_cumprod[t_index]
+  return t_index, acp, np.append(1.0, acp[:-1])
+
+
+def _x0_from_eps(x_t, eps, acp_t):
+  return (x_t - jnp.sqrt(1.0 - acp_t) * eps) / jnp.sqrt(acp_t)
+
+
+def ddim_step(x_t: jnp.ndarray, eps: jnp.ndarray, acp_t, acp_prev, noise: jnp.ndarray,
+              eta: float = 0.0, clip_x0: bool = False):
+  """One generalised DDIM update x_t -> x_prev.
+
+  x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t);
+  sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev);
+  x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise.
+  With eta = 1, sigma^2 is the DDPM posterior variance of the chain through these steps.
+
+  Args:
+    x_t: [B, H, W, C].
+    eps: [B, H, W, C] noise prediction.
+    acp_t, acp_prev: abar at this and the previous step; scalars or broadcastable arrays.
+    noise: [B, H, W, C] standard normal (ignored when eta = 0).
+    eta: DDIM stochasticity (0 = deterministic, PIDM's setting).
+    clip_x0: clamp x0 to [-1, 1] and re-derive eps from it (as ADM does). PIDM: False.
+
+  Returns:
+    (x_prev, pred_x0), each [B, H, W, C].
+  """
+  acp_t = jnp.asarray(acp_t, jnp.float32)
+  acp_prev = jnp.asarray(acp_prev, jnp.float32)
+  pred_x0 = _x0_from_eps(x_t, eps, acp_t)
+  if clip_x0:
+    pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    eps = (x_t - jnp.sqrt(acp_t) * pred_x0) / jnp.sqrt(1.0 - acp_t)
+  sigma = eta * jnp.sqrt((1.0 - acp_prev) / (1.0 - acp_t)) * jnp.sqrt(1.0 - acp_t / acp_prev)
+  # max(., 0): at the last step 1 - a_prev - sigma^2 is 0 and rounding must not make it < 0.
+  dir_coef = jnp.sqrt(jnp.maximum(1.0 - acp_prev - jnp.square(sigma), 0.0))
+  x_prev = jnp.sqrt(acp_prev) * pred_x0 + dir_coef * eps + sigma * noise
+  return x_prev, pred_x0
+
+
+def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int,
+                eta: float = 0.0, clip_x0: bool = False, rng: Optional[jax.Array] = None,
+                eps_correction_fn: Optional[EpsCorrectionFn] = None) -> jnp.ndarray:
+  """PIDM's DDIM sampler over seq = range(0, T, T // num_steps), run from the last step down.
+
+  Only the eps half of the model output is used. The result is clamped to [-1, 1]; x0 is not
+  clipped inside the loop unless clip_x0 (PIDM does not). jit-able with num_steps static.
+
+  Args:
+    model_fn: see module docstring; called with s.timestep_map[t_index].
+    s: schedule (base or respaced); seq indexes it.
+    x_T: [B, H, W, C] starting noise.
+    num_steps: number of DDIM steps (Python int).
+    eta: 0 for deterministic DDIM; > 0 needs `rng`.
+    clip_x0: see ddim_step.
+    rng: PRNG key for eta > 0.
+    eps_correction_fn: optional hook, see module docstring.
+
+  Returns:
+    [B, H, W, C] sample in [-1, 1].
+  """
+  stochastic = not (isinstance(eta, (int, float)) and eta == 0)
+  if stochastic and rng is None:
+    raise ValueError('ddim_sample with eta != 0 needs rng')
+  t_index, acp, acp_prev = ddim_tables(s, num_steps)
+  xs = (jnp.asarray(t_index[::-1], jnp.int32),
+        jnp.asarray(s.timestep_map[t_index][::-1], jnp.int32),
+        jnp.asarray(acp[::-1], jnp.float32),
+        jnp.asarray(acp_prev[::-1], jnp.float32))
+  batch = x_T.shape[0]
+
+  def body(x, step):
+    idx, t_model, a_t, a_prev = step
+    eps, _ = split_model_output(model_fn(x, jnp.full((batch,), t_model, jnp.int32)))
+    if eps_correction_fn is not None:
+      pred_x0 = _x0_from_eps(x, eps, a_t)
+      if clip_x0:
+        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+      eps = eps_correction_fn(x, idx, eps, pred_x0)
+    if stochastic:
+      noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
+    else:
+      noise = jnp.zeros_like(x)
+    x_prev, _ = ddim_step(x, eps, a_t, a_prev, noise, eta=eta, clip_x0=clip_x0)
+    return x_prev, None
+
+  x0, _ = jax.lax.scan(body, x_T, xs)
+  return jnp.clip(x0, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------- DDPM
+
+def ddpm_step(s: Schedule, x_t: jnp.ndarray, t_index, eps: jnp.ndarray, v: jnp.ndarray,
+              noise: jnp.ndarray, clip_x0: bool = True):
+  """One ancestral step x_t -> x_{t-1} ~ N(mu(x_t, x0_hat), exp(learned log variance)).
+
+  Args:
+    s: schedule; t_index indexes it.
+    x_t: [B, H, W, C].
+    t_index: int scalar (or [B]) schedule index; no noise is added where it is 0.
+    eps: [B, H, W, C] noise prediction.
+    v: [B, H, W, C] variance interpolant in [-1, 1].
+    noise: [B, H, W, C] standard normal.
+    clip_x0: clamp x0_hat to [-1, 1] before forming the mean (PIDM: True).
+
+  Returns:
+    (x_prev, pred_x0), each [B, H, W, C].
+  """
+  batch = x_t.shape[0]
+  t_b = jnp.broadcast_to(jnp.asarray(t_index, jnp.int32), (batch,))
+  p = p_mean_variance(s, jnp.concatenate([eps, v], axis=-1), x_t, t_b, clip_x0)
+  nonzero = (t_b != 0).astype(x_t.dtype).reshape((batch,) + (1,) * (x_t.ndim - 1))
+  x_prev = p['mean'] + nonzero * jnp.exp(0.5 * p['log_variance']) * noise
+  return x_prev, p['pred_x0']
+
+
+def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array,
+                clip_x0: bool = True,
+                eps_correction_fn: Optional[EpsCorrectionFn] = None) -> jnp.ndarray:
+  """Ancestral sampling with the learned variance over every index of `s`, T-1 down to 0.
+
+  Pass a respaced schedule for fewer steps; the model sees s.timestep_map[i].
+
+  Args:
+    model_fn: see module docstring.
+    s: schedule (base or respaced).
+    x_T: [B, H, W, C] starting noise.
+    rng: PRNG key; step i uses fold_in(rng, i).
+    clip_x0: see ddpm_step.
+    eps_correction_fn: optional hook, see module docstring.
+
+  Returns:
+    [B, H, W, C] sample in [-1, 1].
+  """
+  num = s.num_timesteps
+  xs = (jnp.arange(num - 1, -1, -1, dtype=jnp.int32),
+        jnp.asarray(s.timestep_map[::-1], jnp.int32))
+  batch = x_T.shape[0]
+
+  def body(x, step):
+    idx, t_model = step
+    eps, v = split_model_output(model_fn(x, jnp.full((batch,), t_model, jnp.int32)))
+    if eps_correction_fn is not None:
+      t_b = jnp.full((batch,), idx, jnp.int32)
+      pred_x0 = p_mean_variance(s, jnp.concatenate([eps, v], -1), x, t_b, clip_x0)['pred_x0']
+      eps = eps_correction_fn(x, idx, eps, pred_x0)
+    noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
+    x_prev, _ = ddpm_step(s, x, idx, eps, v, noise, clip_x0=clip_x0)
+    return x_prev, None
+
+  x0, _ = jax.lax.scan(body, x_T, xs)
+  return jnp.clip(x0, -1.0, 1.0)
