@@ -89,8 +89,8 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   decay = jnp.where(step < tcfg.ema_start_step, 0.0, tcfg.ema_decay)
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state['ema_params'], params)
   metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
-             'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params),
-             'update_norm': optax.global_norm(updates), 'lr': learning_rate(tcfg, step)}
+             'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
+             'update_norm': optax.tree.norm(updates), 'lr': learning_rate(tcfg, step)}
   new_state = {'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
   return new_state, metrics
 
@@ -187,7 +187,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logs.log_line(progress.line(step, rate, loss=last['loss'], mse=last['mse']))
       if step % tcfg.ckpt_every == 0:
         checkpoint.save(manager, step, state, data_iter)
-      if step % tcfg.sample_every == 0 or step == tcfg.num_steps:
+      # A last grid at the end of training, when the run samples at all (sample_every <= num_steps).
+      final_grid = step == tcfg.num_steps and tcfg.sample_every <= tcfg.num_steps
+      if step % tcfg.sample_every == 0 or final_grid:
         generated = sampler(state['ema_params'], grid_batch, jax.random.key(config.sample.seed))
         grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
                                    grid_batch['tgt_img'])

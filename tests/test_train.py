@@ -21,6 +21,16 @@ from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA's optimisation passes dominate these tests' run time on CPU; numerics checked here do not need them.
+FAST_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compile():
+  old = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', old)
 
 
 def tiny_config(root=''):
@@ -123,7 +133,7 @@ def test_sigterm_saves_restorable_checkpoint(data_root, tmp_path):
          '--config.model.channel_mult=(1, 2)', '--config.model.attention_ds=(2,)', '--config.model.model_channels=16',
          '--config.train.num_steps=100000', '--config.train.log_every=1', '--config.train.ckpt_every=100000',
          '--config.train.sample_every=100000']
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'PYTHONUNBUFFERED': '1'}
+  env = {**os.environ, **FAST_ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'PYTHONUNBUFFERED': '1'}
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   lines = []
@@ -147,7 +157,7 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
           f'--config.data.root={data_root}', '--config.data.height=32', '--config.data.width=22',
           '--config.model.channel_mult=(1, 2)', '--config.model.attention_ds=(2,)',
           '--config.model.model_channels=16']
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = {**os.environ, **FAST_ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   for mode in ('train', 'sample', 'eval'):
     r = subprocess.run(base + [f'--config.mode={mode}'], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
