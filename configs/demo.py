@@ -20,8 +20,9 @@ def get_config(arg=None):
   config.data.max_test_pairs = 32
 
   m = config.model
-  m.model_channels = 32
-  m.channel_mult = (1, 2, 2, 2)
+  # Narrow full-resolution levels: on 2 CPU cores the 64x44 convolutions dominate the step time.
+  m.model_channels = 16
+  m.channel_mult = (1, 2, 4, 4)
   m.num_res_blocks = 1
   m.attention_ds = (4, 8)
   m.dropout = 0.0
@@ -29,16 +30,19 @@ def get_config(arg=None):
 
   t = config.train
   t.batch_size = 8
-  t.num_steps = 1500
+  t.num_steps = 1100  # ~0.44 s/step on 2 cores: training, compile and grids fit in 10 minutes.
   t.lr = 1e-3
   t.warmup_steps = 100
   t.ema_decay = 0.995
   t.ema_start_step = 100
   t.log_every = 50
-  t.ckpt_every = 500
-  t.sample_every = 500
+  t.ckpt_every = 400
+  t.sample_every = 550
 
   s = config.sample
+  # DDPM with the learned variance clips x0 at each step; PIDM's DDIM does not, which a model trained
+  # for minutes does not survive (measured: SSIM 0.30 DDIM vs 0.49 DDPM at 1500 steps).
+  s.sampler = 'ddpm'
   s.num_steps = 50
   s.batch_size = 16
   if args['runlocal']:  # Smoke run for tests: seconds, not minutes.
