@@ -87,6 +87,26 @@ def get_config() -> ml_collections.ConfigDict:
   # Compute dtype of convolutions/attention: 'float32' or 'bfloat16' (params and norms stay float32).
   model.dtype = 'float32'
 
+  # ---------------------------------------------------------------- RPA (variant b2 and up)
+  rpa = config.rpa = ml_collections.ConfigDict()
+  # Feature width of the pose/source encoders, MapFormer and aggregator.
+  rpa.dim = 64
+  # RPA works at 1/ds of the image resolution (256x176 / 8 = 32x22).
+  rpa.ds = 8
+  rpa.heads = 4
+  # MapFormer window sizes, global -> non-local -> local (0 = global attention).
+  rpa.windows = (0, 7, 3)
+  # MapFormer layers per window size.
+  rpa.depth = 1
+  # Correlation radius R: (2R+1)^2 channels.
+  rpa.radius = 3
+  # N recurrent updates after F^0 (paper: 5).
+  rpa.iterations = 5
+  # Run the recurrence in nn.scan (one compiled body) instead of a trace-time Python loop.
+  rpa.use_scan = False
+  # Weight of the auxiliary L1 loss between the RPA-warped source and the target image (0 = off).
+  rpa.aux_weight = 1.0
+
   # ---------------------------------------------------------------- diffusion
   diffusion = config.diffusion = ml_collections.ConfigDict()
   diffusion.timesteps = 1000
@@ -141,6 +161,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.use_ema = True
   # Write grids (source | target pose | generated | ground truth) next to the PNGs.
   sample.grids = True
+  # For RPA variants: also save source | warped by F^0..F^N | target strips under samples/rpa_strips/.
+  sample.rpa_strips = True
 
   # ---------------------------------------------------------------- evaluation
   evaluate = config.eval = ml_collections.ConfigDict()

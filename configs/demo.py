@@ -28,6 +28,9 @@ def get_config(arg=None):
   m.dropout = 0.0
   m.norm_groups = 8
 
+  r = config.rpa  # variant=b2: RPA at 1/4 resolution (16x11), windows global / 5 / 3.
+  r.dim, r.ds, r.heads, r.windows, r.radius = 32, 4, 4, (0, 5, 3), 2
+
   t = config.train
   t.batch_size = 8
   t.num_steps = 1100  # ~0.44 s/step on 2 cores: training, compile and grids fit in 10 minutes.

@@ -23,6 +23,8 @@ def get_config(arg=None):
   m.num_res_blocks = 2
   m.attention_ds = (4, 8, 16)
 
+  config.rpa.ds = 4  # 128x88 / 4 = 32x22 feature maps, as the paper setting's 256x176 / 8.
+
   t = config.train
   t.batch_size = 64
   t.num_steps = 20_000

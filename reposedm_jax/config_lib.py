@@ -23,7 +23,10 @@ def validate(config) -> None:
   """Raises ConfigError listing every problem found (not just the first)."""
   p: list[str] = []
   _check(config.mode in MODES, f'config.mode={config.mode!r} must be one of {MODES}', p)
-  _check(config.variant == 'b1', f"config.variant={config.variant!r}: this build provides 'b1'", p)
+  _check(config.variant in ('b1', 'b2'), f"config.variant={config.variant!r}: this build provides 'b1', 'b2'", p)
+  r = config.rpa
+  _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
+  _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)
   d = config.data
   _check(d.format in ('pidm', 'patn', 'tfds'), f"config.data.format={d.format!r} must be pidm|patn|tfds", p)
   _check(d.image_source in ('folder', 'lmdb'), f"config.data.image_source={d.image_source!r} must be folder|lmdb", p)

@@ -26,8 +26,8 @@ def generate(params, batch, rng, *, model, sched, scfg, num_steps):
   src, pose = batch['src_img'], batch['tgt_pose']
   variables = {'params': params}
   # The encoder runs once per sample, not once per step; the null condition is a zero image.
-  feats_c = model.apply(variables, src, train=False, method=model.encode)
-  feats_u = model.apply(variables, jnp.zeros_like(src), train=False, method=model.encode)
+  feats_c = model.apply(variables, src, pose, train=False, method=model.encode_condition)
+  feats_u = model.apply(variables, jnp.zeros_like(src), pose, train=False, method=model.encode_condition)
   feats = [jnp.concatenate([c, u]) for c, u in zip(feats_c, feats_u)]
   pose2 = jnp.concatenate([pose, pose])
 
@@ -95,6 +95,9 @@ def run_sample(config, workdir: str) -> str:
                                   shard_count=jax.process_count())
   logs.log_line(f'Sampling {n} test pairs with {scfg.sampler} x {scfg.num_steps} steps, CFG {scfg.guidance_scale}, '
                 f'from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
+  strip_fn = None
+  if hasattr(model, 'alignment_strip') and scfg.rpa_strips:
+    strip_fn = jax.jit(lambda p, s, q: model.apply({'params': p}, s, q, method=model.alignment_strip))
   manifest = []
   rng = jax.random.key(scfg.seed)
   total = -(-n // per_process // jax.process_count())
@@ -111,6 +114,11 @@ def run_sample(config, workdir: str) -> str:
       grid = visualize.pair_grid(batch['src_img'][valid], batch['tgt_pose'][valid], images[valid],
                                  batch['tgt_img'][valid])
       visualize.save_png(os.path.join(out_dir, 'grids', f'grid_p{jax.process_index()}_{b:05d}.png'), grid)
+    if strip_fn is not None:  # RPA's warped source after each update (paper Fig. 8).
+      valid = batch['valid']
+      strip = np.asarray(strip_fn(params, batch['src_img'][valid], batch['tgt_pose'][valid]))
+      visualize.save_png(os.path.join(out_dir, 'rpa_strips', f'strip_p{jax.process_index()}_{b:05d}.png'),
+                         visualize.alignment_strip(batch['src_img'][valid], strip, batch['tgt_img'][valid]))
   with open(os.path.join(out_dir, f'manifest_p{jax.process_index()}.jsonl'), 'w') as f:
     f.writelines(json.dumps(m) + '\n' for m in manifest)
   logs.log_line(f'Wrote {len(manifest)} images and grids to {out_dir}')

@@ -76,11 +76,18 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
 
   def loss_fn(params):
-    out = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
-                      rngs={'dropout': k_dropout})
+    out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
+                             rngs={'dropout': k_dropout}, mutable=['intermediates'])
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
                                  vlb_weight=config.diffusion.vlb_weight)
-    return terms['loss'].mean(), terms
+    loss = terms['loss'].mean()
+    warped = inter.get('intermediates', {}).get('warped')
+    if warped is not None:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).
+      keep_f = keep.astype(jnp.float32)
+      l1 = jnp.abs(warped[0].astype(jnp.float32) - x0).mean(axis=(1, 2, 3))
+      terms['rpa_l1'] = (l1 * keep_f).sum() / jnp.maximum(keep_f.sum(), 1.0)
+      loss = loss + config.rpa.aux_weight * terms['rpa_l1']
+    return loss, terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -91,6 +98,8 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
              'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
              'update_norm': optax.tree.norm(updates), 'lr': learning_rate(tcfg, step)}
+  if 'rpa_l1' in terms:
+    metrics['rpa_l1'] = terms['rpa_l1']
   new_state = {'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
   return new_state, metrics
 

@@ -3,16 +3,20 @@
 import jax
 import jax.numpy as jnp
 
+from reposedm_jax.models.b2 import B2Model
+from reposedm_jax.models.rpa import RPA
 from reposedm_jax.models.unet import PIDMUNet
 
-VARIANTS = ('b1',)
+VARIANTS = ('b1', 'b2')
 
 
 def build_model(config):
-  """B1 = PIDM's U-Net with its source encoder (RPA and PIF variants extend it)."""
-  if config.variant != 'b1':
-    raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
-  return PIDMUNet.from_config(config.model)
+  """B1 = PIDM's U-Net with its source encoder; B2 = B1 + RPA (PIF's 'full' extends B2 later)."""
+  if config.variant == 'b1':
+    return PIDMUNet.from_config(config.model)
+  if config.variant == 'b2':
+    return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa))
+  raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
 
 
 def dummy_inputs(config, batch: int = 1):

@@ -141,6 +141,11 @@ class PIDMUNet(nn.Module):
     """
     return self.encoder(_pad_to_multiple(src_img_bhwc, self.size_multiple), train)
 
+  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool) -> list[jax.Array]:
+    """The common model interface (B2 warps the source by the pose first); B1 ignores the pose."""
+    del pose_bhwc
+    return self.encode(src_img_bhwc, train)
+
   @nn.compact
   def denoise(self, x_t_bhwc: jax.Array, t_b: jax.Array, pose_bhwc: jax.Array,
               src_feats: Sequence[jax.Array], train: bool) -> jax.Array:
