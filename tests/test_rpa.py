@@ -10,12 +10,7 @@ from reposedm_jax.models import factory
 from reposedm_jax.models.rpa import RPA
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def tiny_rpa(use_scan=False):

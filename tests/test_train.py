@@ -25,12 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def tiny_config(root=''):

@@ -33,13 +33,7 @@ PIDM_FULL = dict(model_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_bl
                  attention_ds=(8, 16, 32), norm_groups=32, dropout=0.1)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compile():
-  # Tiny models: XLA optimisation time dominates, and the numerics do not depend on it.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _inputs(model, batch, height, width, seed=0):
