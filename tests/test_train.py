@@ -159,6 +159,7 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
   metrics = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert metrics['num_images'] == 8
   assert 0 < metrics['ssim']['copy_source_baseline'] < 1 and -1 < metrics['ssim']['generated'] < 1
+  assert 'too small' in metrics['lpips']['skipped']  # 32x22 is below AlexNet's receptive field.
   pngs = [f for f in os.listdir(os.path.join(workdir, 'samples')) if f.endswith('_vis.png')]
   assert len(pngs) == 8
   assert os.listdir(os.path.join(workdir, 'samples', 'grids'))
