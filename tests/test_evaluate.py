@@ -44,5 +44,10 @@ def test_eval_scores_copy_source_as_its_baseline(tmp_path):
     assert metrics['lpips']['protocol'] == 'lpips_alex'
   else:
     assert lpips_lib.INSTALL_HINT in metrics['lpips']['skipped']
+  if 'skipped' not in metrics['fid']:
+    assert metrics['fid']['generated'] == pytest.approx(metrics['fid']['copy_source_baseline'], rel=1e-9)
+    # The 6 pairs are all ordered pairs of one 3-view identity: the sources and the targets are the same
+    # multiset of images, so the two feature sets have identical statistics and FID is 0 up to rounding.
+    assert abs(metrics['fid']['generated']) < 1e-6 and metrics['fid']['reference_images'] == 6
   table = open(os.path.join(workdir, 'eval', 'metrics.md')).read()
   assert 'copy source (baseline)' in table
