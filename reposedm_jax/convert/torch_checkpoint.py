@@ -20,6 +20,7 @@ still read.
 """
 
 import collections
+import hashlib
 import pickle
 import zipfile
 from typing import Any, Iterable
@@ -253,3 +254,12 @@ def load_pickle_restricted(path: str, allowed: Iterable[str] = NUMPY_GLOBALS) ->
   allowed = frozenset(_normalise_global(a) for a in allowed)
   with open(path, 'rb') as f:
     return _AllowListUnpickler(f, allowed).load()
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file, read in 1 MiB chunks (weights are checked before they are unpickled)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()

@@ -1,6 +1,6 @@
 """DeepFashion in PIDM's on-disk layout (reference: pidm-and-benchmarks.md §1b).
 
-  <root>/img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_V_view.{png,jpg}   (or <root>/256-256 LMDB)
+  <root>/img/{MEN,WOMEN}/<Category>/id_<8 digits>/NN_V_view.{png,jpg}   (or <root>/256-256 LMDB)
   <root>/pose/.../NN_V_view.txt      18 rows "x y", OpenPose-18, legacy 256x256 frame, -1 missing
   <root>/{train,test}_pairs.txt      "target,source1,...", paths with .jpg, no header
   <root>/{train,test}.lst            flat fashion names (used for FID reference sets)

@@ -7,7 +7,7 @@ path can run end to end without the real dataset (see DESIGN.md, "The synthetic 
       --height 128 --width 88 [--test-fraction 0.2] [--format pidm|patn] [--grid docs/synthetic_samples.png]
 
 Format 'pidm' (PIDM's DeepFashion layout, reference/pidm-and-benchmarks.md §1b):
-  DIR/img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_V_view.png   H x W RGB PNG
+  DIR/img/{MEN,WOMEN}/<Category>/id_<8 digits>/NN_V_view.png   H x W RGB PNG
   DIR/pose/.../NN_V_view.txt     18 rows "x y" (np.savetxt '%.18e'), OpenPose-18, legacy 256x256 frame
                                  (x = x_px * 176 / W + 40, y = y_px * 256 / H), missing rows exactly "-1 -1"
   DIR/train_pairs.txt            per train identity, each image once as target (field 0) then all its

