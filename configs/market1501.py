@@ -22,6 +22,8 @@ def get_config(arg=None):
   config.model.attention_ds = (4, 8, 16)
   config.train.batch_size = 32
   config.sample.num_steps = 100
+  # Market-1501's Table 1 also reports Mask-SSIM / Mask-LPIPS (PATN's limb mask of the target pose).
+  config.eval.masked_metrics = True
   if args['runlocal']:
     config.data.worker_count = 0
     m = config.model

@@ -5,7 +5,7 @@ import os
 
 import jax
 
-MODES = ('train', 'sample', 'eval', 'prepare')
+MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose')
 SAMPLERS = ('ddim', 'ddpm')
 SSIM_VARIANTS = ('gaussian', 'pidm_win51', 'pidm_gauss12')
 
@@ -23,7 +23,16 @@ def validate(config) -> None:
   """Raises ConfigError listing every problem found (not just the first)."""
   p: list[str] = []
   _check(config.mode in MODES, f'config.mode={config.mode!r} must be one of {MODES}', p)
-  _check(config.variant in ('b1', 'b2'), f"config.variant={config.variant!r}: this build provides 'b1', 'b2'", p)
+  _check(config.variant in ('b1', 'b2', 'full'),
+         f"config.variant={config.variant!r}: this build provides 'b1', 'b2', 'full'", p)
+  f = config.pif
+  _check(f.estimator in ('hrnet', 'toy'), f"pif.estimator={f.estimator!r} must be 'hrnet' or 'toy'", p)
+  _check(f.reference in ('heatmaps', 'features'), f"pif.reference={f.reference!r} must be heatmaps|features", p)
+  _check(f.source in ('x0', 'residual'), f"pif.source={f.source!r} must be x0|residual", p)
+  _check(0 < f.train_fraction <= 1, f'pif.train_fraction={f.train_fraction} must be in (0, 1]', p)
+  if config.variant == 'full' and f.estimator_dir:
+    _check(os.path.isdir(f.estimator_dir), f'pif.estimator_dir={f.estimator_dir!r} is not a directory '
+           '(convert the official HigherHRNet or run --config.mode=train_pose first)', p)
   r = config.rpa
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
   _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)
@@ -71,8 +80,29 @@ def validate(config) -> None:
   _check(config.eval.ssim_variant in SSIM_VARIANTS, f'eval.ssim_variant must be one of {SSIM_VARIANTS}', p)
   if config.init_from:
     _check(os.path.exists(config.init_from), f'config.init_from={config.init_from!r} does not exist', p)
+  _validate_pose(config, n_dev, p)
   if p:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(p))
+
+
+def _validate_pose(config, n_dev: int, p: list[str]) -> None:
+  """config.pose: the HigherHRNet estimator and its trainer (mode=train_pose)."""
+  from reposedm_jax.models.hrnet import PRESETS  # pylint: disable=import-outside-toplevel
+  q = config.pose
+  _check(q.arch in PRESETS, f'pose.arch={q.arch!r} must be one of {sorted(PRESETS)}', p)
+  _check(q.sigma > 0 and q.sigma_s4 > 0, 'pose.sigma and pose.sigma_s4 must be positive', p)
+  for key in ('checkpoint', 'init_from'):
+    if q[key]:
+      _check(os.path.isdir(q[key]), f'pose.{key}={q[key]!r} is not a directory (write one with '
+             '`python -m reposedm_jax.convert hrnet --src FILE.pth --dst DIR`)', p)
+  if config.mode == 'train_pose':
+    _check(q.batch_size % (2 * jax.process_count()) == 0 and (q.batch_size // 2) % n_dev == 0,
+           f'pose.batch_size={q.batch_size} must be 2 x a multiple of the {n_dev} devices '
+           '(each step uses both images of batch_size/2 pairs)', p)
+    for key in ('num_steps', 'log_every', 'ckpt_every', 'eval_batch_size', 'keep_checkpoints'):
+      _check(q[key] > 0, f'pose.{key} must be positive', p)
+    _check(q.eval_every >= 0 and q.warmup_steps >= 0, 'pose.eval_every and pose.warmup_steps must be >= 0', p)
+    _check(q.lr > 0 and 0 <= q.final_lr_frac <= 1, 'pose.lr must be positive and pose.final_lr_frac in [0, 1]', p)
 
 
 def write_config(config, workdir: str) -> None:

@@ -1,36 +1,311 @@
-"""Eval mode: metrics of the generated set in `workdir/samples` against the ground truth.
+"""Evaluation: every metric of generated images vs the ground truth, next to the copy-source baseline.
 
-SSIM (variant `config.eval.ssim_variant`), LPIPS (`config.eval.lpips_net`) and FID
-(`config.eval.fid_reference`, TF-FID Inception; both need their weight packages, see requirements-eval.txt)
-of generated vs target, each next to the copy-the-source baseline metric(source, target)
-on the same pairs, at model resolution. Writes `workdir/eval/metrics.json` (every metric with its
-protocol name and image count) and `workdir/eval/metrics.md` (with the paper's Table 1 rows for the
-dataset, when it has any).
+Two front ends share the engine `evaluate_pairs` (one pass, no duplicated metric loops):
+* eval mode (`--config.mode=eval`, `run_eval`): `workdir/samples` + its manifest, images and keypoints
+  from the dataset at model resolution; writes `workdir/eval/metrics.{json,md}`.
+* the CLI, `python -m reposedm_jax.evaluate --generated DIR --reference DIR --pairs FILE ...`
+  (evaluate_cli.py: accepted pairs formats and how files are matched are in its docstring).
+
+Metrics (config.eval, each stored under its protocol name, with image count and resolution):
+* SSIM, every variant of `eval.ssim_variants` as 'ssim_<variant>'; `eval.ssim_variant` is the headline
+  ('ssim' in metrics.json and the paper-comparison table).
+* LPIPS (`eval.lpips_net`), optionally with PIDM's 176x256 resize.
+* FID with the TF-FID Inception (eval_fid.py) vs `eval.fid_reference`.
+* Mask-SSIM and Mask-LPIPS with the target's limb mask (`eval.masked_metrics`, Market-1501; masked.py).
+* Pose accuracy: PCK and mean error of each judge in `eval.pose_judges` on the generated images vs the
+  dataset's target keypoints (OpenPose-18 at eval resolution -> COCO-17); a judge that cannot run is
+  skipped with its reason in metrics.json.
+Each metric is also computed for the copy-source baseline (the source image scored as if generated).
+`eval.protocol='pidm'` switches FID and LPIPS to PIDM's protocol (see `resolve_settings`).
+
+The pass reads fixed-size batches (the last padded by repetition, so no jitted metric recompiles) and
+records the seconds spent in each part under 'timing_s'.
 """
 
+import collections
+import dataclasses
 import glob
 import json
 import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from reposedm_jax import logs
-from reposedm_jax.data import dataset, pipeline
-from reposedm_jax.metrics import fid as fid_lib
+from reposedm_jax import eval_fid, eval_report, logs
+from reposedm_jax.data import keypoints as kp_lib
 from reposedm_jax.metrics import lpips as lpips_lib
+from reposedm_jax.metrics import masked as masked_lib
+from reposedm_jax.metrics import pose_accuracy
 from reposedm_jax.metrics import ssim as ssim_lib
 
-# Paper Table 1 (FID, SSIM, LPIPS), for the Markdown table next to a run's numbers.
-PAPER_TABLE1 = {
-    ('deepfashion', 256, 176): {'PIDM': (6.3671, 0.7312, 0.1678), 'RePoseDM': (5.1986, 0.7923, 0.1463)},
-    ('deepfashion', 512, 352): {'PIDM': (5.8365, 0.7419, 0.1768), 'RePoseDM': (4.7284, 0.7944, 0.1566)},
-    ('market1501', 128, 64): {'PIDM': (14.451, 0.3054, 0.2415), 'RePoseDM': (13.689, 0.3284, 0.2206)},
-}
+PROTOCOLS = ('standard', 'pidm')
+FID_REFERENCES = ('', 'test_targets', 'train_images')
+TORCHVISION_FID_TODO = (
+    'FID with torchvision ImageNet Inception-v3 weights (eval.fid_torchvision_weights) is not implemented: '
+    'the Flax InceptionV3 (metrics/inception.py) is the TF-FID graph and lacks torchvision\'s variant '
+    '(BatchNorm with gamma, 3x3 average pools that count padding, an average pool in Mixed_7c, PIDM\'s '
+    'input scaling x*std/0.5+(mean-0.5)/0.5 after a half-pixel bilinear resize to 299), and there is no '
+    'torchvision->Flax key map or parity test. Leave eval.fid_torchvision_weights empty: the table then '
+    'states that the TF-FID Inception was used.')
 
 
-def read_manifest(sample_dir: str) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+  """One evaluated pair: the generated file and the image keys of its target and source ('' = none)."""
+  gen_path: str
+  target: str
+  source: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """config.eval resolved for one dataset (the protocol applied, every value checked)."""
+  protocol: str
+  ssim_headline: str
+  ssim_variants: Tuple[str, ...]
+  lpips_net: str
+  lpips_pidm_resize: bool
+  fid_reference: str
+  fid_pidm_resize: bool
+  fid_cache_dir: str
+  masked: bool
+  pose_judges: Tuple[str, ...]
+  pck_alphas: Tuple[float, ...]
+  pose_score_targets: bool
+  batch_size: int
+
+
+def resolve_settings(eval_cfg, dataset: str) -> EvalSettings:
+  """Checks config.eval and applies `eval.protocol`.
+
+  'pidm' (PIDM's Table 1 protocol, reference notes 1f): FID against every training image (unless FID is
+  off, fid_reference=''); for DeepFashion also PIDM's cv2 resize to 176x256 before the Inception and
+  before LPIPS. 'standard' takes every key as given.
+
+  Raises:
+    ValueError: an unknown protocol, SSIM variant or FID reference (all listed at once).
+    NotImplementedError: eval.fid_torchvision_weights is set (see TORCHVISION_FID_TODO).
+  """
+  e = eval_cfg
+  problems = []
+  if e.protocol not in PROTOCOLS:
+    problems.append(f'eval.protocol={e.protocol!r} must be one of {PROTOCOLS}')
+  variants = tuple(dict.fromkeys((e.ssim_variant, *e.ssim_variants)))  # headline first, no repeats
+  problems += [f'eval.ssim_variants: unknown SSIM variant {v!r}; known: {sorted(ssim_lib.VARIANTS)}'
+               for v in variants if v not in ssim_lib.VARIANTS]
+  if e.fid_reference not in FID_REFERENCES:
+    problems.append(f'eval.fid_reference={e.fid_reference!r} must be one of {FID_REFERENCES}')
+  if e.lpips_net not in ('', 'alex', 'vgg'):
+    problems.append(f"eval.lpips_net={e.lpips_net!r} must be 'alex', 'vgg' or ''")
+  if e.batch_size < 1:
+    problems.append(f'eval.batch_size={e.batch_size} must be positive')
+  if problems:
+    raise ValueError('Invalid eval config:\n  - ' + '\n  - '.join(problems))
+  if e.fid_torchvision_weights:
+    raise NotImplementedError(f'{e.fid_torchvision_weights}: {TORCHVISION_FID_TODO}')
+  pidm = e.protocol == 'pidm'
+  pidm_resize = pidm and dataset == 'deepfashion'
+  return EvalSettings(
+      protocol=e.protocol, ssim_headline=e.ssim_variant, ssim_variants=variants, lpips_net=e.lpips_net,
+      lpips_pidm_resize=e.lpips_pidm_resize or pidm_resize,
+      fid_reference='train_images' if pidm and e.fid_reference else e.fid_reference,
+      fid_pidm_resize=e.fid_pidm_resize or pidm_resize, fid_cache_dir=e.fid_cache_dir,
+      masked=e.masked_metrics, pose_judges=tuple(e.pose_judges), pck_alphas=tuple(e.pck_alphas),
+      pose_score_targets=e.pose_score_targets, batch_size=e.batch_size)
+
+
+class _Timer(collections.defaultdict):
+  """part -> seconds; `with timer('ssim'):` adds the block's wall time."""
+
+  def __init__(self):
+    super().__init__(float)
+
+  def __call__(self, part: str):
+    timer = self
+
+    class _Block:
+      def __enter__(self):
+        self.t0 = time.perf_counter()
+
+      def __exit__(self, *exc):
+        timer[part] += time.perf_counter() - self.t0
+
+    return _Block()
+
+
+def _pad(arr: np.ndarray, n: int) -> np.ndarray:
+  """Repeats the last row until the leading axis has n rows (fixed shapes: one compile per metric)."""
+  return arr if len(arr) >= n else np.concatenate([arr, np.repeat(arr[-1:], n - len(arr), axis=0)])
+
+
+def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str]) -> List[Tuple[str, str, Callable]]:
+  """(key, protocol, fn(x_u8, tgt_u8, masks) -> [B]) for every per-pair metric that can run here."""
+  out = [(f'ssim_{v}', f'ssim_{v}', lambda x, t, m, v=v: ssim_lib.ssim_uint8(x, t, v))
+         for v in settings.ssim_variants]
+  lpips_vars = None
+  if settings.lpips_net and min(hw) < 32 and not settings.lpips_pidm_resize:
+    # AlexNet's stride-4 stem and two 3/2 max-pools leave no pixels below ~27 px.
+    notes['lpips'] = f'images of {tuple(hw)} are too small for LPIPS (need >= 32 px a side)'
+  elif settings.lpips_net:
+    try:
+      lpips_vars = lpips_lib.load_lpips_weights(settings.lpips_net)
+    except FileNotFoundError as e:  # optional weights package: report, do not fail the other metrics
+      notes['lpips'] = str(e)
+  if lpips_vars is not None:
+    resize = settings.lpips_pidm_resize
+    protocol = f'lpips_{settings.lpips_net}' + ('_pidm_resize_176x256' if resize else '')
+    out.append(('lpips', protocol, lambda x, t, m: lpips_lib.lpips_uint8(lpips_vars, x, t, resize=resize)))
+  if settings.masked:
+    out.append(('mask_ssim', masked_lib.MASK_SSIM_PROTOCOL, lambda x, t, m: masked_lib.mask_ssim(x, t, m)))
+    if lpips_vars is not None:
+      out.append(('mask_lpips', f'mask_lpips_{settings.lpips_net}',
+                  lambda x, t, m: masked_lib.mask_lpips(lpips_vars, x, t, m)))
+  return out
+
+
+def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarray],
+                   read_real: Callable[[str], Tuple[np.ndarray, Optional[np.ndarray]]], hw,
+                   settings: EvalSettings, *, config=None, workdir: str = '',
+                   train_reference: Optional[eval_fid.TrainReference] = None) -> dict:
+  """Runs every configured metric over `items`; returns the metrics dict (without run description).
+
+  Args:
+    items: the pairs; all have a source or none does.
+    read_gen: path -> uint8 [H, W, 3] generated image.
+    read_real: image key -> (uint8 [H, W, 3] at resolution hw, float32 [18, 2] OpenPose keypoints in
+      that frame or None when unknown).
+    hw: (H, W) evaluation resolution; every image must have it.
+    settings: from `resolve_settings`.
+    config, workdir: for building pose judges (their factories read config.eval / config.pose).
+    train_reference: the 'train_images' FID reference (needed only for that setting).
+  """
+  if not items:
+    raise ValueError('nothing to evaluate: no pairs')
+  has_src = bool(items[0].source)
+  if any(bool(it.source) != has_src for it in items):
+    raise ValueError('either every pair has a source image or none has')
+  bs, timer, notes = settings.batch_size, _Timer(), {}
+  metrics = _pair_metrics(settings, hw, notes)
+  scores = {key: {'generated': [], 'copy_source_baseline': []} for key, _, _ in metrics}
+  bank = None
+  if settings.fid_reference:
+    try:
+      from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
+      bank = eval_fid.FeatureBank(inception.FeatureExtractor(batch_size=bs), bs, settings.fid_pidm_resize)
+    except FileNotFoundError as e:
+      notes['fid'] = str(e)
+  judges, skipped = pose_accuracy.make_judges(settings.pose_judges, config, workdir)
+  preds = {name: collections.defaultdict(list) for name in judges}
+  tgt_coco, have_kpts = [], True
+  t_start = time.perf_counter()
+  for start in tqdm(range(0, len(items), bs), desc='eval', unit='batch'):
+    chunk = items[start:start + bs]
+    n = len(chunk)
+    with timer('read'):
+      gen = np.stack([read_gen(it.gen_path) for it in chunk])
+      tgt_views = [read_real(it.target) for it in chunk]
+      tgt = np.stack([v[0] for v in tgt_views])
+      src = np.stack([read_real(it.source)[0] for it in chunk]) if has_src else None
+      kpts = [v[1] for v in tgt_views]
+      have_kpts = have_kpts and all(k is not None for k in kpts)
+    if gen.shape[1:3] != tuple(hw) or tgt.shape[1:3] != tuple(hw):
+      raise ValueError(f'{chunk[0].gen_path}: generated {gen.shape[1:3]} / target {tgt.shape[1:3]} images, '
+                       f'expected the evaluation size {tuple(hw)}')
+    gen_p, tgt_p = _pad(gen, bs), _pad(tgt, bs)
+    src_p = _pad(src, bs) if has_src else None
+    masks = None
+    if settings.masked and have_kpts:
+      with timer('masks'):
+        masks = _pad(masked_lib.target_masks(np.stack(kpts), hw), bs)
+    for key, _, fn in metrics:
+      if key.startswith('mask_') and masks is None:
+        continue
+      with timer(key):
+        scores[key]['generated'].append(np.asarray(fn(gen_p, tgt_p, masks))[:n])
+        if has_src:
+          scores[key]['copy_source_baseline'].append(np.asarray(fn(src_p, tgt_p, masks))[:n])
+    if bank is not None:
+      with timer('fid_features'):
+        bank.add_generated(gen)
+        bank.add_real([it.target for it in chunk], tgt)
+        if has_src:
+          bank.add_real([it.source for it in chunk], src)
+    if judges and have_kpts:
+      tgt_coco.append(kp_lib.openpose_to_coco(np.stack(kpts)))
+      for name, judge in judges.items():
+        with timer(f'pose_{name}'):
+          preds[name]['generated'].append(judge(gen_p)[:n])
+          if has_src:
+            preds[name]['copy_source_baseline'].append(judge(src_p)[:n])
+          if settings.pose_score_targets:
+            preds[name]['ground_truth'].append(judge(tgt_p)[:n])
+  out: dict = {'num_images': len(items), 'resolution': list(hw)}
+  for key, protocol, _ in metrics:
+    if key.startswith('mask_') and not have_kpts:
+      notes[key] = 'no target keypoints for some pairs (the body mask needs them)'
+      continue
+    out[key] = {'protocol': protocol, **{k: float(np.concatenate(v).astype(np.float64).mean())
+                                        for k, v in scores[key].items() if v}}
+  if bank is not None:
+    with timer('fid_distance'):
+      out['fid'] = _fid_result(settings, bank, items, has_src, train_reference, hw)
+  out['pose'] = _pose_result(settings, judges, skipped, preds, tgt_coco, have_kpts)
+  if settings.ssim_headline:
+    out['ssim'] = {'variant': settings.ssim_headline, **out[f'ssim_{settings.ssim_headline}']}
+  for key, why in notes.items():
+    out.setdefault(key, {})['skipped'] = why
+    logs.log_line(f'{key} skipped: {why}')
+  for judge in judges.values():
+    getattr(judge, 'close', lambda: None)()
+  out['timing_s'] = {**{k: round(v, 2) for k, v in timer.items()},
+                     'total': round(time.perf_counter() - t_start, 2)}
+  return out
+
+
+def _fid_result(settings, bank, items, has_src, train_reference, hw) -> dict:
+  ref_name = settings.fid_reference
+  if ref_name == 'test_targets':
+    reference = bank.rows([it.target for it in items])
+    count = len(reference)
+  else:
+    if train_reference is None:
+      raise ValueError("eval.fid_reference='train_images' needs the training images (none were given)")
+    reference = eval_fid.train_statistics(train_reference, bank, settings.fid_cache_dir,
+                                          {'hw': list(hw), 'pidm_resize': settings.fid_pidm_resize})
+    count = reference[2]
+  protocol = f'fid_tf_inception_vs_{ref_name}' + ('_pidm_resize_176x256' if settings.fid_pidm_resize else '')
+  gen = np.concatenate(bank.gen)
+  res = {'protocol': protocol, 'network': eval_report.FID_NETWORK, 'reference_images': int(count),
+         'generated': eval_fid.fid_against(gen, reference)}
+  if has_src:
+    res['copy_source_baseline'] = eval_fid.fid_against(bank.rows([it.source for it in items]), reference)
+  return res
+
+
+def _pose_result(settings, judges, skipped, preds, tgt_coco, have_kpts) -> dict:
+  """Per judge: PCK / mean error of generated, copy-source (and ground-truth) detections, or why not."""
+  out = {'target_keypoints': 'dataset OpenPose-18 at eval resolution -> COCO-17', 'judges': {}}
+  for name, why in skipped.items():
+    out['judges'][name] = {'skipped': why}
+  for name, judge in judges.items():
+    if not have_kpts:
+      out['judges'][name] = {'skipped': 'no target keypoints for these pairs'}
+      continue
+    tgt = np.concatenate(tgt_coco)
+    res = {'protocol': judge.description}
+    for row, chunks in preds[name].items():
+      try:
+        res[row] = pose_accuracy.pose_accuracy(np.concatenate(chunks), tgt, settings.pck_alphas)
+      except ValueError as e:  # e.g. no visible target joint at all
+        res[row] = {'skipped': str(e)}
+    out['judges'][name] = res
+  return out
+
+
+def read_manifest(sample_dir: str) -> List[dict]:
   rows = []
   for path in sorted(glob.glob(os.path.join(sample_dir, 'manifest_p*.jsonl'))):
     with open(path) as f:
@@ -40,126 +315,60 @@ def read_manifest(sample_dir: str) -> list[dict]:
   return rows
 
 
-def run_eval(config, workdir: str, batch_size: int = 32) -> dict:
-  sample_dir = os.path.join(workdir, 'samples')
-  rows = read_manifest(sample_dir)
-  split = dataset.load_split(config.data, 'test')
-  hw = (config.data.height, config.data.width)
-  variant = config.eval.ssim_variant
-  lpips_vars, lpips_note = None, ''
-  if config.eval.lpips_net and min(hw) < 32 and not config.eval.lpips_pidm_resize:
-    # AlexNet's stride-4 stem and two 3/2 max-pools leave no pixels below ~27 px.
-    lpips_note = f'images of {hw} are too small for LPIPS (need >= 32 px a side, or eval.lpips_pidm_resize)'
-  elif config.eval.lpips_net:
-    try:
-      lpips_vars = lpips_lib.load_lpips_weights(config.eval.lpips_net)
-    except FileNotFoundError as e:  # Optional weights package: report, do not fail the other metrics.
-      lpips_note = str(e)
-  extractor, fid_note = None, ''
-  if config.eval.fid_reference:
-    try:
-      from reposedm_jax.metrics import inception
-      extractor = inception.FeatureExtractor()
-    except FileNotFoundError as e:
-      fid_note = str(e)
-  gen_scores, copy_scores, gen_lpips, copy_lpips = [], [], [], []
-  feats = {'gen': [], 'tgt': [], 'src': []}
-  for start in tqdm(range(0, len(rows), batch_size), desc='eval', unit='batch'):
-    chunk = rows[start:start + batch_size]
-    gen = np.stack([np.asarray(Image.open(os.path.join(sample_dir, r['name'])).convert('RGB')) for r in chunk])
-    if gen.shape[1:3] != hw:
-      raise ValueError(f'{chunk[0]["name"]}: generated size {gen.shape[1:3]} != data size {hw}')
-    tgt = np.stack([pipeline.load_view(split, r['target'], hw, None, 0.0)[0] for r in chunk])
-    src = np.stack([pipeline.load_view(split, r['source'], hw, None, 0.0)[0] for r in chunk])
-    gen_scores.append(np.asarray(ssim_lib.ssim_uint8(gen, tgt, variant)))
-    copy_scores.append(np.asarray(ssim_lib.ssim_uint8(src, tgt, variant)))
-    if extractor is not None:
-      for k, imgs in (('gen', gen), ('tgt', tgt), ('src', src)):
-        feats[k].append(np.asarray(extractor(imgs)))
-    if lpips_vars is not None:
-      resize = config.eval.lpips_pidm_resize
-      gen_lpips.append(np.asarray(lpips_lib.lpips_uint8(lpips_vars, gen, tgt, resize=resize)))
-      copy_lpips.append(np.asarray(lpips_lib.lpips_uint8(lpips_vars, src, tgt, resize=resize)))
-  gen_ssim, copy_ssim = float(np.concatenate(gen_scores).mean()), float(np.concatenate(copy_scores).mean())
-  metrics = {
-      'dataset': config.data.dataset, 'variant': config.variant, 'resolution': list(hw), 'num_images': len(rows),
-      'sampler': {'name': config.sample.sampler, 'steps': config.sample.num_steps,
-                  'guidance_scale': config.sample.guidance_scale},
-      'ssim': {'protocol': f'ssim_{variant}', 'generated': gen_ssim, 'copy_source_baseline': copy_ssim},
-  }
-  if extractor is not None:
-    metrics['fid'] = fid_metric(config, split, hw, extractor, {k: np.concatenate(v) for k, v in feats.items()})
-  elif config.eval.fid_reference:
-    metrics['fid'] = {'skipped': fid_note}
-  if lpips_vars is not None:
-    protocol = f'lpips_{config.eval.lpips_net}' + ('_pidm_resize_176x256' if config.eval.lpips_pidm_resize else '')
-    metrics['lpips'] = {'protocol': protocol, 'generated': float(np.concatenate(gen_lpips).mean()),
-                        'copy_source_baseline': float(np.concatenate(copy_lpips).mean())}
-  elif config.eval.lpips_net:
-    metrics['lpips'] = {'skipped': lpips_note}
-    logs.log_line(f'LPIPS skipped: {lpips_note}')
-  out_dir = os.path.join(workdir, 'eval')
+def read_rgb(path: str) -> np.ndarray:
+  with Image.open(path) as im:
+    return np.asarray(im.convert('RGB'))
+
+
+def write_outputs(metrics: dict, out_dir: str, paper_key) -> None:
+  """metrics.json and metrics.md (with the paper's Table 1 rows for `paper_key`) into out_dir."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
     json.dump(metrics, f, indent=1)
   with open(os.path.join(out_dir, 'metrics.md'), 'w') as f:
-    f.write(markdown_table(metrics, config))
-  logs.log_line(f'SSIM generated {gen_ssim:.4f} vs copy-source {copy_ssim:.4f} on {len(rows)} pairs; '
-                f'wrote {out_dir}/metrics.json')
+    f.write(eval_report.markdown(metrics, paper_key))
+  logs.log_line(eval_report.summary_line(metrics) + f'; wrote {out_dir}/metrics.json')
+
+
+def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
+  """Eval mode: `workdir/samples` (manifest from sample mode) vs the test split -> workdir/eval/."""
+  from reposedm_jax.data import dataset, pipeline  # pylint: disable=import-outside-toplevel
+  if batch_size is not None:
+    config = config.copy_and_resolve_references()
+    config.eval.batch_size = batch_size
+  settings = resolve_settings(config.eval, config.data.dataset)
+  sample_dir = os.path.join(workdir, 'samples')
+  rows = read_manifest(sample_dir)
+  split = dataset.load_split(config.data, 'test')
+  hw = (config.data.height, config.data.width)
+  items = [EvalItem(os.path.join(sample_dir, r['name']), r['target'], r['source']) for r in rows]
+  train_ref = None
+  if settings.fid_reference == 'train_images':
+    train_ref = split_reference(dataset.load_split(config.data, 'train'), hw, settings.fid_pidm_resize, pipeline)
+  metrics = evaluate_pairs(items, read_rgb, lambda k: pipeline.load_view(split, k, hw, None, 0.0), hw, settings,
+                           config=config, workdir=workdir, train_reference=train_ref)
+  metrics = eval_report.describe_run(metrics, settings, dataset=config.data.dataset, variant=config.variant,
+                                     sampler={'name': config.sample.sampler, 'steps': config.sample.num_steps,
+                                              'guidance_scale': config.sample.guidance_scale})
+  write_outputs(metrics, os.path.join(workdir, 'eval'), (config.data.dataset, *hw))
   return metrics
 
 
-def fid_metric(config, split, hw, extractor, feats: dict) -> dict:
-  """FID of the generated set (and of the copied sources) against the configured reference.
-
-  'test_targets': the ground-truth targets of the evaluated pairs (same count, model resolution).
-  'train_images': every image of the training split (PIDM's protocol, §1f), statistics cached in
-  eval.fid_cache_dir keyed by the image list, resolution and Inception weights.
-  """
-  ref = config.eval.fid_reference
-  if ref == 'test_targets':
-    ref_feats = feats['tgt']
-  elif ref == 'train_images':
-    train = dataset.load_split(config.data, 'train')
-    keys = train.image_keys()
-    ref_feats = None
-    cache = None
-    if config.eval.fid_cache_dir:
-      import hashlib
-      h = hashlib.sha256(json.dumps([config.data.root, list(hw), extractor.cache_id, sorted(keys)]).encode())
-      cache = os.path.join(config.eval.fid_cache_dir, f'fid_train_feats_{h.hexdigest()[:16]}.npy')
-      if os.path.exists(cache):
-        ref_feats = np.load(cache)
-    if ref_feats is None:
-      chunks = []
-      for start in tqdm(range(0, len(keys), 32), desc='FID reference', unit='batch'):
-        imgs = np.stack([pipeline.load_view(train, k, hw, None, 0.0)[0] for k in keys[start:start + 32]])
-        chunks.append(np.asarray(extractor(imgs)))
-      ref_feats = np.concatenate(chunks)
-      if cache:
-        os.makedirs(config.eval.fid_cache_dir, exist_ok=True)
-        np.save(cache, ref_feats)
+def split_reference(train, hw, pidm_resize: bool, pipeline) -> eval_fid.TrainReference:
+  """Every image of a training Split as an FID reference (model resolution, or PIDM's input)."""
+  keys = train.image_keys()
+  if pidm_resize:
+    read = lambda k: eval_fid.pidm_inception_input(train.images.read(k), stretch_first=True)  # noqa: E731
   else:
-    raise ValueError(f"eval.fid_reference must be '', 'test_targets' or 'train_images', got {ref!r}")
-  # Below 2048 images the covariances are rank-deficient; the Gram form is exact and fast there.
-  method = 'gram' if min(len(ref_feats), len(feats['gen'])) < 2048 else 'sqrtm'
-  return {'protocol': f'fid_tf_inception_vs_{ref}', 'reference_images': int(len(ref_feats)),
-          'generated': fid_lib.fid_from_features(feats['gen'], ref_feats, method=method),
-          'copy_source_baseline': fid_lib.fid_from_features(feats['src'], ref_feats, method=method)}
+    read = lambda k: pipeline.load_view(train, k, hw, None, 0.0)[0]  # noqa: E731
+  store = train.images
+  if hasattr(store, 'resolve'):  # a folder tree: every file's size and mtime
+    identity = eval_fid.folder_identity([store.resolve(k) for k in keys])
+  else:  # PIDM's LMDB: the database file
+    identity = eval_fid.folder_identity([os.path.join(getattr(store, 'path', ''), 'data.mdb')])
+  return eval_fid.TrainReference(keys, read, identity)
 
 
-def markdown_table(metrics: dict, config) -> str:
-  """The run's numbers, the copy-source baseline, and the paper's Table 1 rows for this dataset."""
-  lp, fd = metrics.get('lpips', {}), metrics.get('fid', {})
-  n = metrics['num_images']
-  head = (f"| run | images | {fd.get('protocol', 'FID (not computed)')} | SSIM ({metrics['ssim']['protocol']}) | "
-          f"{lp.get('protocol', 'LPIPS (not computed)')} |\n|---|---|---|---|---|\n")
-  fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else '-'  # noqa: E731
-  rows = [f"| {config.variant} generated | {n} | {fmt(fd.get('generated'))} | {fmt(metrics['ssim']['generated'])} | "
-          f"{fmt(lp.get('generated'))} |",
-          f"| copy source (baseline) | {n} | {fmt(fd.get('copy_source_baseline'))} | "
-          f"{fmt(metrics['ssim']['copy_source_baseline'])} | {fmt(lp.get('copy_source_baseline'))} |"]
-  key = (config.data.dataset, config.data.height, config.data.width)
-  for name, (fid_v, ssim_v, lpips_v) in PAPER_TABLE1.get(key, {}).items():
-    rows.append(f'| paper Table 1: {name} (their protocol) | - | {fid_v:.4f} | {ssim_v:.4f} | {lpips_v:.4f} |')
-  return head + '\n'.join(rows) + '\n'
+if __name__ == '__main__':
+  from reposedm_jax import evaluate_cli  # pylint: disable=import-outside-toplevel
+  evaluate_cli.main()

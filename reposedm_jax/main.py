@@ -1,6 +1,7 @@
 """Entry point: python -m reposedm_jax.main --config=configs/<name>.py[:args] --workdir=DIR [--config.k=v].
 
-`config.mode` picks the job: train | sample | eval | prepare (tfds ArrayRecord build).
+`config.mode` picks the job: train | sample | eval | prepare (tfds ArrayRecord build) | train_pose
+(the HigherHRNet estimator for PIF guidance, in <workdir>/pose).
 """
 
 import logging
@@ -32,6 +33,9 @@ def main(argv):
   elif config.mode == 'eval':
     from reposedm_jax import evaluate
     evaluate.run_eval(config, workdir)
+  elif config.mode == 'train_pose':
+    from reposedm_jax import pose_train
+    pose_train.train_pose(config, workdir)
   elif config.mode == 'prepare':
     from reposedm_jax.data import tfds_builder
     logging.info('Prepared %s', tfds_builder.prepare(config.data))

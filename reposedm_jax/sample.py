@@ -14,15 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from reposedm_jax import logs, sharding, visualize
+from reposedm_jax import guide, logs, pif, sharding, visualize
 from reposedm_jax.data import dataset, names, pipeline
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
 from reposedm_jax.models import factory
 
 
-def generate(params, batch, rng, *, model, sched, scfg, num_steps):
-  """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`."""
+def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_steps):
+  """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`.
+
+  With `guide_vars` (variant full) every step adds PIF's gradient guidance (eq. 16), computed from the
+  target keypoints `batch['tgt_kpts']` only.
+  """
+  scfg = config.sample
   src, pose = batch['src_img'], batch['tgt_pose']
   variables = {'params': params}
   # The encoder runs once per sample, not once per step; the null condition is a zero image.
@@ -39,34 +44,46 @@ def generate(params, batch, rng, *, model, sched, scfg, num_steps):
   k_init, k_loop = jax.random.split(rng)
   x_t = jax.random.normal(k_init, src.shape, jnp.float32)
   if scfg.sampler == 'ddim':
-    return samplers.ddim_sample(model_fn, sched, x_t, num_steps, eta=scfg.eta, rng=k_loop)
-  if scfg.sampler == 'ddpm':
-    spaced = respace(sched, ddim_timesteps(sched.num_timesteps, num_steps))
-    return samplers.ddpm_sample(model_fn, spaced, x_t, k_loop)
-  raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {scfg.sampler!r}")
+    s = sched
+  elif scfg.sampler == 'ddpm':
+    s = respace(sched, ddim_timesteps(sched.num_timesteps, num_steps))
+  else:
+    raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {scfg.sampler!r}")
+  correction = None
+  if guide_vars is not None:
+    correction = pif.sampling_correction(config.pif, guide.make_heat_fn(config, guide_vars), s,
+                                         batch['tgt_kpts'], scfg.guidance_scale)
+  if scfg.sampler == 'ddim':
+    return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, rng=k_loop,
+                                eps_correction_fn=correction)
+  return samplers.ddpm_sample(model_fn, s, x_t, k_loop, eps_correction_fn=correction)
 
 
-def make_sampler(model, sched, config, mesh, num_steps: int):
-  """Returns fn(params, host_batch, rng) -> numpy [B, H, W, C]; B must divide over the mesh."""
-  fn = jax.jit(functools.partial(generate, model=model, sched=sched, scfg=config.sample, num_steps=num_steps),
-               in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
+  """Returns fn(params, host_batch, rng) -> numpy [B, H, W, C]; B must divide over the mesh.
+
+  `guide_vars` (the frozen estimator's variables) turns on PIF guidance; variant full passes them.
+  """
+  repl = sharding.replicated(mesh)
+  fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps),
+               in_shardings=(repl, sharding.batch_sharding(mesh), repl, repl),
                out_shardings=sharding.batch_sharding(mesh))
-  keys = ('src_img', 'tgt_pose')
+  keys = ('src_img', 'tgt_pose') + (('tgt_kpts',) if guide_vars is not None else ())
 
   def run(params, host_batch, rng):
     batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
-    return sharding.process_local(fn(params, batch, rng))
+    return sharding.process_local(fn(params, batch, rng, guide_vars))
 
   return run
 
 
-def load_sampling_params(config, workdir: str, mesh):
+def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
   """EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`."""
   from reposedm_jax import checkpoint, train  # Local import: train imports this module.
   model = factory.build_model(config)
   tx = train.make_optimizer(config.train)
   init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  abstract = jax.eval_shape(lambda r: train.init_state(model, tx, config, r), init_rng)
+  abstract = train.abstract_state(model, tx, config, init_rng, guide_vars)
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
@@ -83,9 +100,10 @@ def run_sample(config, workdir: str) -> str:
   """Generates the test pairs (first `sample.num`, -1 = all); returns the output directory."""
   scfg = config.sample
   mesh = sharding.make_mesh(config.mesh)
-  model, params, step = load_sampling_params(config, workdir, mesh)
+  guide_vars = guide.load_guide_variables(config, workdir) if config.variant == 'full' else None
+  model, params, step = load_sampling_params(config, workdir, mesh, guide_vars)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  sampler = make_sampler(model, sched, config, mesh, scfg.num_steps)
+  sampler = make_sampler(model, sched, config, mesh, scfg.num_steps, guide_vars=guide_vars)
   split = dataset.load_split(config.data, 'test')
   limit = scfg.num if scfg.num >= 0 else config.data.max_test_pairs
   n = len(split) if limit < 0 else min(limit, len(split))
@@ -93,8 +111,9 @@ def run_sample(config, workdir: str) -> str:
   per_process = scfg.batch_size // jax.process_count()
   batches = pipeline.iterate_eval(config.data, split, per_process, limit=n, shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
-  logs.log_line(f'Sampling {n} test pairs with {scfg.sampler} x {scfg.num_steps} steps, CFG {scfg.guidance_scale}, '
-                f'from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
+  pif_note = f', PIF guidance s={config.pif.sample_scale}' if guide_vars is not None else ''
+  logs.log_line(f'Sampling {n} test pairs with {scfg.sampler} x {scfg.num_steps} steps, CFG {scfg.guidance_scale}'
+                f'{pif_note}, from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
   strip_fn = None
   if hasattr(model, 'alignment_strip') and scfg.rpa_strips:
     strip_fn = jax.jit(lambda p, s, q: model.apply({'params': p}, s, q, method=model.alignment_strip))

@@ -9,13 +9,15 @@ import json
 import logging
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
-from reposedm_jax import checkpoint, logs, sharding, visualize
+from reposedm_jax import checkpoint, guide, logs, pif, sharding, visualize
 from reposedm_jax.data import dataset, pipeline
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.diffusion.schedule import linear_schedule
@@ -47,6 +49,14 @@ def init_state(model, tx, config, rng):
           'step': jnp.zeros((), jnp.int32)}
 
 
+def abstract_state(model, tx, config, rng, guide_vars=None):
+  """Shapes/dtypes of the train state (what checkpoints hold); variant full adds the frozen 'guide'."""
+  abstract = jax.eval_shape(lambda r: init_state(model, tx, config, r), rng)
+  if guide_vars is not None:
+    abstract = {**abstract, 'guide': jax.eval_shape(lambda: guide_vars)}
+  return abstract
+
+
 # ----------------------------------------------------------------------------- update step
 
 def draw_step_inputs(rng, x0, num_timesteps: int, cond_drop_prob: float):
@@ -75,9 +85,16 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   # CFG training: the null condition is an all-zero (mid-grey) source image, as PIDM.
   src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
 
+  # RePoseDM (variant full): the frozen estimator rides in the state (checkpointed, never updated).
+  heat_fn = guide.make_heat_fn(config, state['guide']) if config.variant == 'full' else None
+
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
                              rngs={'dropout': k_dropout}, mutable=['intermediates'])
+    pif_terms = {}
+    if heat_fn is not None:  # Eq. 15: eps~ = eps_theta + s sqrt(1 - abar_t) grad G replaces eps_theta.
+      out, pif_terms = pif.guide_train_output(config.pif, heat_fn, out.astype(jnp.float32), sched=sched,
+                                              x_t=x_t, t=t, noise=noise, batch=batch)
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
                                  vlb_weight=config.diffusion.vlb_weight)
     loss = terms['loss'].mean()
@@ -87,6 +104,7 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
       l1 = jnp.abs(warped[0].astype(jnp.float32) - x0).mean(axis=(1, 2, 3))
       terms['rpa_l1'] = (l1 * keep_f).sum() / jnp.maximum(keep_f.sum(), 1.0)
       loss = loss + config.rpa.aux_weight * terms['rpa_l1']
+    terms.update(pif_terms)
     return loss, terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
@@ -98,9 +116,8 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
              'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
              'update_norm': optax.tree.norm(updates), 'lr': learning_rate(tcfg, step)}
-  if 'rpa_l1' in terms:
-    metrics['rpa_l1'] = terms['rpa_l1']
-  new_state = {'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
+  metrics.update({k: terms[k] for k in ('rpa_l1', 'pif_g', 'pif_grad_rms') if k in terms})
+  new_state = {**state, 'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
   return new_state, metrics
 
 
@@ -134,13 +151,17 @@ class StopFlag:
 # ----------------------------------------------------------------------------- the loop
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last metrics.
+
+  Multi-process: every process runs this with its own shard of each global batch; only process 0
+  writes logs, metrics and grids, and every process takes part in the orbax checkpoints.
+  """
   tcfg = config.train
   # --- Mesh
   mesh = sharding.make_mesh(config.mesh)
   logs.log_line(f'Mesh {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)')
 
-  # --- Input pipeline
+  # --- Input pipeline (each process reads batch_size / process_count examples per step)
   train_split = dataset.load_split(config.data, 'train')
   test_split = dataset.load_split(config.data, 'test')
   loader = pipeline.make_train_loader(config.data, train_split, global_batch=tcfg.batch_size, seed=config.seed,
@@ -154,8 +175,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Separate streams for init and for the per-step fold_in(step) keys.
   init_rng, base_rng = jax.random.split(jax.random.key(config.seed))
   repl = sharding.replicated(mesh)
-  abstract = jax.eval_shape(lambda r: init_state(model, tx, config, r), init_rng)
-  state_sharding = jax.tree.map(lambda _: repl, abstract)
+  guide_vars = guide.load_guide_variables(config, workdir) if config.variant == 'full' else None
+  abstract = abstract_state(model, tx, config, init_rng, guide_vars)
+  # --- Shard: replicated, or FSDP over config.fsdp_axis (params, opt_state, EMA split leaf by leaf).
+  state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp_axis, tcfg.fsdp_min_size)
+  if config.fsdp_axis:
+    leaves = jax.tree.leaves(abstract['params'])
+    split = sum(a.size for a, s in zip(leaves, jax.tree.leaves(state_sharding['params'])) if s.spec != P())
+    logs.log_line(f'FSDP over mesh axis {config.fsdp_axis!r}: {split / sum(a.size for a in leaves):.1%} of '
+                  'parameters (and their Adam moments and EMA) split')
 
   # --- Load checkpoint (workdir > init_from > scratch)
   manager = checkpoint.make_manager(workdir, tcfg.keep_checkpoints)
@@ -163,28 +191,46 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   state_sharding)
   state = checkpoint.restore_latest(manager, abstract_sharded, data_iter)
   if state is None:
-    state = jax.jit(lambda r: init_state(model, tx, config, r), out_shardings=state_sharding)(init_rng)
+    state = jax.jit(lambda r: init_state(model, tx, config, r),
+                    out_shardings={k: v for k, v in state_sharding.items() if k != 'guide'})(init_rng)
+    if guide_vars is not None:  # make_array_from_callback: also valid when the mesh spans processes.
+      state['guide'] = sharding.put_global(guide_vars, state_sharding['guide'])
     if config.init_from:
       params = checkpoint.load_params(config.init_from, abstract_sharded['params'])
-      state = {**state, 'params': params, 'ema_params': jax.tree.map(jnp.copy, params),
-               'opt_state': tx.init(params)}
+      fresh_keys = ('params', 'ema_params', 'opt_state')
+      fresh = jax.jit(lambda p: {'params': p, 'ema_params': jax.tree.map(jnp.copy, p), 'opt_state': tx.init(p)},
+                      out_shardings={k: state_sharding[k] for k in fresh_keys})(params)
+      state = {**state, **fresh}
   first_step = int(state['step'])
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   logs.log_line(f'Model {config.variant}: {n_params / 1e6:.2f} M parameters; starting at step {first_step}')
 
   step_fn = compile_train_step(model, sched, tx, config, mesh, state_sharding)
-  sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=config.sample.num_steps)
+  sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=config.sample.num_steps,
+                                    guide_vars=state.get('guide'))
+  # The sampler takes replicated params; under FSDP the EMA is gathered for each grid (rare).
+  sampling_params = jax.jit(lambda p: p, out_shardings=repl) if config.fsdp_axis else (lambda p: p)
   grid_batch = next(pipeline.iterate_eval(config.data, test_split, tcfg.grid_pairs))
   writer = logs.MetricWriter(workdir)
   progress = logs.Progress(tcfg.num_steps, first_step)
   stop = StopFlag()
+  # A signal reaches the processes of a job between different steps: they agree on stopping (a collective)
+  # every few steps, so that all of them save the same step. One process checks every step, for free.
+  stop_check_every = 1 if jax.process_count() == 1 else max(1, min(10, tcfg.log_every))
+  stopped = False
   last = {}
 
   # --- Train loop
   step = first_step
+  data_wait, wait_steps = 0.0, 0
   try:
-    while step < tcfg.num_steps and not stop.stop:
+    while step < tcfg.num_steps and not stopped:
+      # Data wait: host time blocked on the input pipeline. Dispatch is asynchronous, so the device is
+      # still running earlier steps meanwhile; it starves only when this approaches the step time.
+      t_wait = time.perf_counter()
       batch = sharding.global_batch(next(data_iter), mesh)
+      data_wait += time.perf_counter() - t_wait
+      wait_steps += 1
       state, metrics = step_fn(state, batch, base_rng)
       step += 1
       if step % tcfg.log_every == 0 or step == tcfg.num_steps:
@@ -192,30 +238,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if not all(np.isfinite(v) for v in last.values()):
           raise FloatingPointError(f'Non-finite metrics at step {step}: {last}')
         rate = progress.rate(step)
+        last['data_wait_ms'] = 1e3 * data_wait / wait_steps
+        last['data_wait_frac'] = min(1.0, data_wait * rate / wait_steps)  # Of the wall time per step.
+        data_wait, wait_steps = 0.0, 0
         writer.scalars(step, {**last, 'steps_per_sec': rate})
-        logs.log_line(progress.line(step, rate, loss=last['loss'], mse=last['mse']))
+        logs.log_line(progress.line(step, rate, loss=last['loss'], mse=last['mse'],
+                                    data_wait_ms=last['data_wait_ms']))
       if step % tcfg.ckpt_every == 0:
         checkpoint.save(manager, step, state, data_iter)
       # A last grid at the end of training, when the run samples at all (sample_every <= num_steps).
       final_grid = step == tcfg.num_steps and tcfg.sample_every <= tcfg.num_steps
       if step % tcfg.sample_every == 0 or final_grid:
-        generated = sampler(state['ema_params'], grid_batch, jax.random.key(config.sample.seed))
+        generated = sampler(sampling_params(state['ema_params']), grid_batch, jax.random.key(config.sample.seed))
         grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
                                    grid_batch['tgt_img'])
         if jax.process_index() == 0:
           visualize.save_png(os.path.join(workdir, 'samples', f'train_step_{step:07d}.png'), grid)
         writer.image(step, 'samples', grid)
+      if step % stop_check_every == 0:
+        stopped = sharding.any_process(stop.stop)
   finally:
     stop.restore()
-  # --- Final / preemption checkpoint
+  # --- Final / preemption checkpoint (all processes: orbax writes each one's shards)
   if manager.latest_step() != step:
     checkpoint.save(manager, step, state, data_iter)
   manager.wait_until_finished()
   manager.close()
   writer.close()
-  if stop.stop:
+  if stopped:
     logs.log_line(f'Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.')
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
-      json.dump({'step': step, 'metrics': last, 'preempted': stop.stop}, f, indent=1)
+      json.dump({'step': step, 'metrics': last, 'preempted': stopped}, f, indent=1)
   return {'step': step, **last}

@@ -7,14 +7,17 @@ from reposedm_jax.models.b2 import B2Model
 from reposedm_jax.models.rpa import RPA
 from reposedm_jax.models.unet import PIDMUNet
 
-VARIANTS = ('b1', 'b2')
+VARIANTS = ('b1', 'b2', 'full')
 
 
 def build_model(config):
-  """B1 = PIDM's U-Net with its source encoder; B2 = B1 + RPA (PIF's 'full' extends B2 later)."""
+  """B1 = PIDM's U-Net with its source encoder; B2 = B1 + RPA; 'full' = B2's network + PIF guidance.
+
+  PIF adds no trainable parameters: it changes the loss (train.py) and the sampler (sample.py).
+  """
   if config.variant == 'b1':
     return PIDMUNet.from_config(config.model)
-  if config.variant == 'b2':
+  if config.variant in ('b2', 'full'):
     return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa))
   raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
 

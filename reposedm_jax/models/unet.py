@@ -87,6 +87,10 @@ class PIDMUNet(nn.Module):
       as many (epsilon and the learned-variance interpolation v).
     pose_channels: Channels of the pose map concatenated after x_t.
     dtype: Compute dtype ('float32' / 'bfloat16' or a jnp dtype); params are float32.
+    attention: Cross-attention kernel, layers.ATTENTION_IMPLS ('dot_product' | 'einsum').
+    remat: Rematerialisation of each U-Net ResBlock / attention block in the backward pass,
+      a key of layers.REMAT_POLICIES ('none' | 'full' | 'dots_saveable'); the source encoder
+      is not rematerialised.
   """
   model_channels: int = 128
   channel_mult: Sequence[int] = (1, 1, 2, 2, 4, 4)
@@ -97,6 +101,8 @@ class PIDMUNet(nn.Module):
   image_channels: int = 3
   pose_channels: int = 20
   dtype: Any = jnp.float32
+  attention: str = 'dot_product'
+  remat: str = 'none'
 
   @classmethod
   def from_config(cls, model_config: Any) -> 'PIDMUNet':
@@ -110,7 +116,9 @@ class PIDMUNet(nn.Module):
         norm_groups=int(model_config.norm_groups),
         image_channels=int(model_config.image_channels),
         pose_channels=int(model_config.pose_channels),
-        dtype=jnp.dtype(model_config.dtype))
+        dtype=jnp.dtype(model_config.dtype),
+        attention=str(model_config.attention),
+        remat=str(model_config.remat))
 
   @property
   def size_multiple(self) -> int:
@@ -175,9 +183,12 @@ class PIDMUNet(nn.Module):
 
     emb = layers.timestep_embedding(t_b, self.model_channels)
     emb = TimeEmbed(4 * self.model_channels, dtype, name='time_embed')(emb)
-    resblock = lambda c, name, **kw: layers.ResBlock(  # noqa: E731
+    # Same parameter paths with or without remat (`name=` is explicit); `train` (arg 3) is static.
+    resblock_cls = layers.remat(layers.ResBlock, self.remat, static_argnums=(3,))
+    attention_cls = layers.remat(layers.CrossAttention, self.remat)
+    resblock = lambda c, name, **kw: resblock_cls(  # noqa: E731
         c, dropout=self.dropout, norm_groups=self.norm_groups, dtype=dtype, name=name, **kw)
-    attention = lambda name: layers.CrossAttention(self.norm_groups, dtype, name=name)  # noqa: E731
+    attention = lambda name: attention_cls(self.norm_groups, dtype, self.attention, name=name)  # noqa: E731
 
     # Encoder half; `skips` are the lateral inputs of the output blocks.
     skips = []

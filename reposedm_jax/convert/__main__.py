@@ -1,0 +1,29 @@
+"""`python -m reposedm_jax.convert {pidm,hrnet} [flags]`: one entry point for the weight converters.
+
+  python -m reposedm_jax.convert pidm --src pidm_deepfashion.pt --dst weights/pidm [--config configs/X.py]
+  python -m reposedm_jax.convert hrnet --src pose_higher_hrnet_w32_512.pth --dst weights/hrnet_w32 \
+      [--arch w32|w48] [--naming official|timm]
+
+Each subcommand takes exactly the flags of its module (`python -m reposedm_jax.convert.pidm` and
+`python -m reposedm_jax.convert.hrnet` keep working); `--help` after a subcommand lists them.
+"""
+
+import importlib
+import sys
+
+from absl import app
+
+CONVERTERS = ('pidm', 'hrnet')
+
+
+def run(argv: list[str]) -> None:
+  if len(argv) < 2 or argv[1] not in CONVERTERS:
+    sys.exit(f'usage: python -m reposedm_jax.convert {{{",".join(CONVERTERS)}}} [flags]  '
+             f'(got {argv[1:2] or "nothing"})')
+  module = importlib.import_module(f'reposedm_jax.convert.{argv[1]}')
+  module._define_flags()  # pylint: disable=protected-access
+  app.run(module._main, argv=[f'{argv[0]} {argv[1]}'] + argv[2:])  # pylint: disable=protected-access
+
+
+if __name__ == '__main__':
+  run(sys.argv)

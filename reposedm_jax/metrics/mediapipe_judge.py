@@ -1,0 +1,210 @@
+"""BlazePose (mediapipe 0.10.14) as the independent pose judge of generated images.
+
+Independent of this project's models (trained on other data by other people), so it is the fair judge of
+whether a generated person stands in the target pose. `mp.solutions.pose.Pose(static_image_mode=True,
+model_complexity=1)`: the only complexity whose models ship inside the 0.10.14 wheel
+(`modules/pose_detection/pose_detection.tflite`, `modules/pose_landmark/pose_landmark_full.tflite`);
+0 and 2 try to download and fail offline. Single person per image.
+
+Where it runs. mediapipe 0.10.14 needs protobuf<5 and the core stack protobuf 7 (checked: with protobuf 7
+`Pose()` fails on a removed descriptor attribute), so it cannot live in .venv. `requirements-pose.txt`
+builds a separate venv (default `.venv-pose/`, or `config.eval.mediapipe_python`), and this file, run by
+that interpreter as a script (`python mediapipe_judge.py --worker H`), is the worker: it imports only
+numpy, OpenCV and mediapipe, reads image batches from stdin and writes landmarks to stdout, so the
+numbers cross the process boundary as raw arrays, never as pickles. If `mediapipe` imports and works in
+the current interpreter, the judge runs in-process instead.
+
+Output convention. BlazePose's 33 landmarks -> COCO-17 by `BLAZEPOSE_TO_COCO` (both use the person's own
+left/right). Landmarks are normalised to the image, so a batch upscaled for the detector (bicubic, integer
+factor, until H >= min_height: 128x64 Market people are too small for it) maps back exactly. Pixel centres
+sit at integers: x_px = x_norm * W - 0.5. A joint is -1 (not detected) when no person is found, when its
+visibility is below `min_visibility`, or when it falls outside the image.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+# COCO-17 joint k = BlazePose landmark BLAZEPOSE_TO_COCO[k] (nose, eyes, ears, shoulders, elbows, wrists,
+# hips, knees, ankles; BlazePose 2 / 5 are the eye centres, 1/3/4/6 the inner/outer corners).
+BLAZEPOSE_TO_COCO = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
+NUM_LANDMARKS = 33
+VENV_HINT = 'python3.11 -m venv .venv-pose && .venv-pose/bin/pip install --no-deps -r requirements-pose.txt'
+DEFAULT_VENV_PYTHON = '.venv-pose/bin/python'
+_DTYPES = {'uint8': np.uint8, 'float32': np.float32}
+
+
+# ---------------------------------------------------------------- framing (both processes)
+def _read_exact(f, n: int) -> bytes:
+  buf = bytearray()
+  while len(buf) < n:
+    chunk = f.read(n - len(buf))
+    if not chunk:
+      raise EOFError(f'stream closed after {len(buf)} of {n} bytes')
+    buf += chunk
+  return bytes(buf)
+
+
+def send_array(f, arr: np.ndarray) -> None:
+  """Writes a 4-byte header length, a JSON header (shape, dtype) and the raw C-order bytes."""
+  arr = np.ascontiguousarray(arr)
+  header = json.dumps({'shape': list(arr.shape), 'dtype': arr.dtype.name}).encode()
+  f.write(len(header).to_bytes(4, 'little') + header)
+  f.write(arr.tobytes())
+  f.flush()
+
+
+def recv_array(f):
+  """Inverse of send_array; None on a clean end of stream. Only uint8 / float32 are accepted."""
+  first = f.read(1)
+  if not first:
+    return None
+  header = json.loads(_read_exact(f, int.from_bytes(first + _read_exact(f, 3), 'little')))
+  if header.get('dtype') not in _DTYPES:
+    raise ValueError(f'unexpected array dtype {header.get("dtype")!r} in the judge stream')
+  dtype, shape = np.dtype(_DTYPES[header['dtype']]), tuple(int(s) for s in header['shape'])
+  data = _read_exact(f, int(np.prod(shape)) * dtype.itemsize)
+  return np.frombuffer(data, dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------- detection (runs where mediapipe is)
+def new_detector():
+  import mediapipe as mp  # pylint: disable=import-outside-toplevel
+  return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
+
+
+def detect_landmarks(detector, images: np.ndarray, min_height: int) -> np.ndarray:
+  """uint8 [B, H, W, 3] RGB -> float32 [B, 33, 3] (x_norm, y_norm, visibility); -1, -1, 0 if nobody found."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  out = np.full((len(images), NUM_LANDMARKS, 3), -1.0, np.float32)
+  out[..., 2] = 0.0
+  h, w = images.shape[1:3]
+  factor = max(1, -(-min_height // h))
+  for i, img in enumerate(images):
+    if factor > 1:
+      img = cv2.resize(img, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+    result = detector.process(np.ascontiguousarray(img))
+    if result.pose_landmarks is not None:
+      out[i] = [(p.x, p.y, p.visibility) for p in result.pose_landmarks.landmark]
+  return out
+
+
+def _worker_main(min_height: int) -> None:
+  # The protocol owns the original stdout; anything a library prints goes to stderr instead.
+  proto_out = os.fdopen(os.dup(1), 'wb')
+  os.dup2(2, 1)
+  proto_in = os.fdopen(os.dup(0), 'rb')
+  detector = new_detector()
+  send_array(proto_out, np.zeros((1,), np.uint8))  # ready
+  while (images := recv_array(proto_in)) is not None:
+    send_array(proto_out, detect_landmarks(detector, images, min_height))
+
+
+# ---------------------------------------------------------------- the judge (main process)
+class _Worker:
+  """The worker process in the pose venv; `detect` is a blocking request/response."""
+
+  def __init__(self, python: str, min_height: int):
+    self._stderr = tempfile.TemporaryFile()
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
+    self._proc = subprocess.Popen([python, os.path.abspath(__file__), '--worker', str(min_height)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+    self._response('starting')
+
+  def _response(self, what: str) -> np.ndarray:
+    try:
+      arr = recv_array(self._proc.stdout)
+      if arr is None:
+        raise EOFError('worker exited')
+      return arr
+    except (EOFError, ValueError) as e:
+      self._stderr.seek(0)
+      tail = self._stderr.read().decode(errors='replace').strip().splitlines()[-5:]
+      raise RuntimeError(f'mediapipe worker failed while {what} ({e}): ' + ' | '.join(tail)) from None
+
+  def detect(self, images: np.ndarray) -> np.ndarray:
+    send_array(self._proc.stdin, images)
+    return self._response('detecting')
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      self._proc.wait(timeout=30)
+
+
+class MediapipeJudge:
+  """COCO-17 keypoints of the person in each image, by BlazePose (see the module docstring).
+
+  Args:
+    python: interpreter of the pose venv; '' = in-process when mediapipe works here, else
+      DEFAULT_VENV_PYTHON (relative to the repository root).
+    min_visibility: BlazePose visibility below which a joint counts as not detected.
+    min_height: images shorter than this are upscaled by an integer factor first.
+  """
+  name = 'mediapipe'
+
+  def __init__(self, python: str = '', min_visibility: float = 0.5, min_height: int = 256):
+    self.min_visibility, self.min_height = float(min_visibility), int(min_height)
+    self.description = (f'mediapipe 0.10.14 BlazePose full (33 -> COCO-17), visibility >= {min_visibility:g}, '
+                        f'images upscaled to >= {min_height} px high')
+    self._local = self._worker = None
+    problems = []
+    if not python:
+      try:
+        self._local = new_detector()
+      except Exception as e:  # pylint: disable=broad-except  # any failure here means: use the venv
+        problems.append(f'in-process mediapipe unusable ({type(e).__name__}: {e})')
+      repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      python = os.path.join(repo, DEFAULT_VENV_PYTHON)
+    if self._local is None:
+      if not os.path.isfile(python):
+        problems.append(f'no pose venv interpreter at {python}')
+        raise _unavailable('; '.join(problems) + f'. Create it with: {VENV_HINT}')
+      try:
+        self._worker = _Worker(python, self.min_height)
+      except (RuntimeError, OSError) as e:
+        raise _unavailable(f'{e}. Re-create the pose venv with: {VENV_HINT}') from None
+
+  def landmarks(self, images_u8: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> float32 [B, 33, 3] normalised (x, y, visibility), -1/-1/0 if nobody."""
+    if self._local is not None:
+      return detect_landmarks(self._local, images_u8, self.min_height)
+    return self._worker.detect(images_u8)
+
+  def __call__(self, images) -> np.ndarray:
+    from reposedm_jax.metrics.pose_accuracy import images_to_uint8  # pylint: disable=import-outside-toplevel
+    images = images_to_uint8(images)
+    return landmarks_to_coco(self.landmarks(images), images.shape[1:3], self.min_visibility)
+
+  def close(self) -> None:
+    if self._worker is not None:
+      self._worker.close()
+
+
+def landmarks_to_coco(landmarks: np.ndarray, hw, min_visibility: float) -> np.ndarray:
+  """[B, 33, 3] normalised (x, y, visibility) -> COCO-17 pixel (x, y) [B, 17, 2], -1 where not detected."""
+  h, w = hw
+  lm = np.asarray(landmarks, np.float32)[:, list(BLAZEPOSE_TO_COCO)]
+  xy = np.stack([lm[..., 0] * w - 0.5, lm[..., 1] * h - 0.5], axis=-1)
+  inside = (xy[..., 0] >= -0.5) & (xy[..., 0] <= w - 0.5) & (xy[..., 1] >= -0.5) & (xy[..., 1] <= h - 0.5)
+  found = (lm[..., 2] >= min_visibility) & (lm[..., 0] != -1) & inside
+  return np.where(found[..., None], xy, -1.0).astype(np.float32)
+
+
+def _unavailable(msg: str):
+  from reposedm_jax.metrics.pose_accuracy import JudgeUnavailable  # pylint: disable=import-outside-toplevel
+  return JudgeUnavailable(f'mediapipe judge: {msg}')
+
+
+def make_judge(config, workdir: str) -> MediapipeJudge:  # pylint: disable=unused-argument
+  """Registry factory (pose_accuracy.JUDGE_FACTORIES['mediapipe'])."""
+  e = config.eval
+  return MediapipeJudge(e.mediapipe_python, e.mediapipe_min_visibility, e.mediapipe_min_height)
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['--worker']:
+  _worker_main(int(sys.argv[2]))
