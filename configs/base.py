@@ -119,11 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- PIF (variant full = RePoseDM)
   pif = config.pif = ml_collections.ConfigDict()
-  # Which frozen estimator guides: 'hrnet' (config.pose; weights from pif.estimator_dir) or 'toy' (tests only:
+  # Which frozen estimator guides: 'hrnet' (architecture config.pose.arch) or 'toy' (tests only:
   # a randomly initialised 2-conv network, so guidance code runs without trained weights).
   pif.estimator = 'hrnet'
-  # Estimator weights: a converted official HigherHRNet dir or a `mode=train_pose` result; '' = <workdir>/pose.
-  pif.estimator_dir = ''
+  # Its weights: config.pose.checkpoint (converted official HigherHRNet or train_pose dir), '' = <workdir>/pose.
   # s of eq. 15 (training) and of eq. 16 (sampling); 0 turns guidance off while keeping the code path.
   pif.train_scale = 1.0
   pif.sample_scale = 1.0
@@ -136,7 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   pif.reference = 'heatmaps'
   # Also weight where the target heatmaps exceed the threshold (pulls in limbs the estimator misses on P̃).
   pif.target_support = True
-  # Sigma (heatmap pixels) of the reference heatmaps; match the estimator's training targets.
+  # Sigma (stride-2 heatmap pixels) of the reference heatmaps; match the estimator's targets (pose.sigma).
   pif.ref_sigma = 2.0
   # P̃ of eq. 10: 'x0' (predicted clean image, default) or 'residual' (literal D(eps - eps_theta), training only).
   pif.source = 'x0'

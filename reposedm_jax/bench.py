@@ -1,12 +1,25 @@
-"""Benchmark (not a test): compile time, train step time, images/s, sampling time, peak memory.
+"""Benchmark (not a test): step time, images/s, FLOPs, TFLOP/s, MFU, compile time, memory, and the split.
 
   python -m reposedm_jax.bench --config=configs/demo.py
+  python -m reposedm_jax.bench --config=configs/deepfashion.py:variant=b2 --config.model.dtype=bfloat16
   python -m reposedm_jax.bench --config=configs/deepfashion.py --config.train.batch_size=2 --steps=3
 
 Uses random inputs of the config's shapes, so no dataset is needed. Timing syncs once per
 measured block, not per step.
+
+FLOPs are XLA's cost analysis of the compiled per-device program: what the hardware executes,
+so rematerialised work (model.remat) counts, and a lax.scan body counts once, not per iteration
+(RPA with rpa.use_scan=True, the correlation's scan over shifts). MFU = per-device FLOP/s over
+the device's dense peak for the compute dtype (PEAK_FLOPS; float32 on NVIDIA counts as TF32,
+XLA's default for float32 matmuls and convolutions there).
+
+The split times the parts of one training step as separately jitted forward + backward passes
+at the training batch: the U-Net (with its source encoder), RPA (variants b2/full), and PIF's
+gradient guidance (variant full, via reposedm_jax.pif; n/a when that is missing); 'rest' is the
+step minus their sum (loss, optimizer, EMA, and what the separate calls do not share).
 """
 
+import json
 import resource
 import time
 
@@ -23,23 +36,127 @@ from reposedm_jax.models import factory
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps.')
-_SAMPLE_STEPS = flags.DEFINE_integer('sample_steps', -1, 'Sampler steps to time (-1 = config.sample.num_steps).')
+_SAMPLE_STEPS = flags.DEFINE_integer('sample_steps', -1, 'Sampler steps to time (-1 = config.sample.num_steps, '
+                                     '0 = skip sampling).')
 _SAMPLE_BATCH = flags.DEFINE_integer('sample_batch', -1, 'Sampling batch (-1 = device count).')
+_SPLIT = flags.DEFINE_bool('split', True, 'Time the U-Net / RPA / guidance parts separately.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the figures to this JSON file.')
+
+# Dense peak FLOP/s per device: (device_kind substring, bfloat16, float32). First match wins, so the
+# more specific names come first. NVIDIA float32 = TF32 tensor cores (XLA's default for f32 dots on
+# Ampere and later); TPUs run float32 matmuls as bfloat16 passes by default.
+PEAK_FLOPS = (
+    ('h100 pcie', 756e12, 378e12),
+    ('h100', 989e12, 495e12),  # SXM: 'NVIDIA H100 80GB HBM3'.
+    ('h200', 989e12, 495e12),  # Also GH200.
+    ('a100', 312e12, 156e12),
+    ('l40s', 362e12, 183e12),
+    ('tpu v6', 918e12, 918e12),
+    ('tpu v5p', 459e12, 459e12),
+    ('tpu v5', 197e12, 197e12),  # v5e ('TPU v5 lite').
+    ('tpu v4', 275e12, 275e12),
+)
 
 
-def peak_memory_gb() -> float:
-  dev = jax.devices()[0]
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Dense peak FLOP/s of one device for `dtype` ('bfloat16' | 'float32'); None if unknown (CPU)."""
+  kind = device_kind.lower()
+  for name, bf16, f32 in PEAK_FLOPS:
+    if name in kind:
+      return bf16 if dtype == 'bfloat16' else f32
+  return None
+
+
+def cost_flops(compiled) -> float | None:
+  """FLOPs of a compiled program; `cost_analysis()` is a dict in new jax, a one-element list in old."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def peak_memory_gib() -> tuple[float, str]:
+  """Peak bytes in use on device 0 (GPU/TPU), else this process's peak RSS (CPU)."""
+  dev = jax.local_devices()[0]
   stats = dev.memory_stats() if hasattr(dev, 'memory_stats') else None
   if stats and 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'] / 2**30
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Host RSS (KiB -> GiB) on CPU.
+    return stats['peak_bytes_in_use'] / 2**30, 'device'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host RSS'  # KiB -> GiB.
 
 
 def random_batch(config, b, rng):
+  """Model inputs of the config's shapes ([-1, 1] images, [0, 1] pose maps, in-frame keypoints)."""
   h, w = config.data.height, config.data.width
+  kpts = lambda: (rng.uniform(0, 1, (b, 18, 2)) * [w - 1, h - 1]).astype(np.float32)  # noqa: E731
   return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
           'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32)}
+          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
+          'src_kpts': kpts(), 'tgt_kpts': kpts()}
+
+
+def guide_variables(config):
+  """The frozen estimator's variables for variant full: its weights if configured, else random ones of the
+  same network (the cost does not depend on the values). None when the PIF modules are missing."""
+  try:
+    from reposedm_jax import guide  # pylint: disable=import-outside-toplevel
+    return guide.load_guide_variables(config, '')
+  except ImportError:
+    return None
+  except FileNotFoundError:
+    from reposedm_jax.models import hrnet  # pylint: disable=import-outside-toplevel
+    return jax.jit(lambda r: hrnet.init_variables(hrnet.build_hrnet(config.pose), r))(jax.random.key(0))
+
+
+def timed(fn, args, n: int):
+  """(compile seconds, seconds per call, compiled) of jitted `fn(*args)`; one warm-up call, n timed."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))
+  t0 = time.perf_counter()
+  for _ in range(n):
+    out = compiled(*args)
+  jax.block_until_ready(out)
+  return compile_s, (time.perf_counter() - t0) / n, compiled
+
+
+def split_pieces(model, params, batch, config, sched, guide_vars):
+  """{name: fn(params...) -> scalar or pytree} of the step's parts, and their arguments."""
+  b = batch['tgt_img'].shape[0]
+  t = jnp.arange(b, dtype=jnp.int32) * (config.diffusion.timesteps // b)
+  x_t, pose, src = batch['tgt_img'], batch['tgt_pose'], batch['src_img']
+  rngs = {'dropout': jax.random.key(3)}
+
+  def fwd_bwd(apply, p):  # Backward w.r.t. the parameters, as the training step does.
+    return jax.value_and_grad(lambda q: jnp.mean(jnp.square(apply(q).astype(jnp.float32))))(p)
+
+  pieces = {}
+  if 'rpa' in params:  # b2 / full: the U-Net and RPA are separate submodules with separate params.
+    unet, rpa = model.unet, model.rpa
+    pieces['U-Net'] = (lambda p: fwd_bwd(lambda q: unet.apply({'params': q}, x_t, t, pose, src, train=True,
+                                                             rngs=rngs), p), (params['unet'],))
+    pieces['RPA'] = (lambda p: fwd_bwd(lambda q: rpa.apply({'params': q}, src, pose)[0], p), (params['rpa'],))
+  else:
+    pieces['U-Net'] = (lambda p: fwd_bwd(lambda q: model.apply({'params': q}, x_t, t, pose, src, train=True,
+                                                              rngs=rngs), p), (params,))
+  if guide_vars is not None:
+    from reposedm_jax import guide, pif  # pylint: disable=import-outside-toplevel
+    out = jnp.concatenate([batch['tgt_img'], batch['tgt_img']], axis=-1)  # Stand-in (eps, v) output.
+
+    def guidance(o, g):
+      guided, _ = pif.guide_train_output(config.pif, guide.make_heat_fn(config, g), o, sched=sched, x_t=x_t, t=t,
+                                         noise=batch['src_img'], batch=batch)
+      return jnp.mean(guided)
+
+    # With pif.stop_gradient=False the step also differentiates through the guidance.
+    fn = guidance if config.pif.stop_gradient else jax.value_and_grad(guidance)
+    pieces['guidance (PIF)'] = (fn, (out, guide_vars))
+  return pieces
 
 
 def main(argv):
@@ -49,18 +166,34 @@ def main(argv):
   model = factory.build_model(config)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
   tx = train.make_optimizer(config.train)
-  repl = sharding.replicated(mesh)
-  state = jax.jit(lambda r: train.init_state(model, tx, config, r), out_shardings=repl)(jax.random.key(0))
-  state_sharding = jax.tree.map(lambda _: repl, state)
-  n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   rng = np.random.default_rng(0)
   b = config.train.batch_size
-  batch = sharding.global_batch(random_batch(config, b, rng), mesh)
-  step_fn = train.compile_train_step(model, sched, tx, config, mesh, state_sharding)
+  guide_vars, guide_note = None, 'n/a (variant has no guidance)'
+  if config.variant == 'full':
+    guide_vars = guide_variables(config)
+    guide_note = 'n/a (reposedm_jax.pif / guide not importable)' if guide_vars is None else ''
+    if guide_vars is None:
+      raise SystemExit('variant=full needs reposedm_jax.guide and reposedm_jax.pif to build the train step')
+
+  # State laid out as training lays it out (replicated, or FSDP with config.fsdp_axis).
+  init = lambda r: train.init_state(model, tx, config, r)  # noqa: E731
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  if guide_vars is not None:
+    abstract['guide'] = jax.eval_shape(lambda: guide_vars)
+  shardings = sharding.state_shardings(abstract, mesh, config.fsdp_axis, config.train.fsdp_min_size)
+  state = jax.jit(init, out_shardings={k: v for k, v in shardings.items() if k != 'guide'})(jax.random.key(0))
+  if guide_vars is not None:
+    state['guide'] = sharding.put_global(guide_vars, shardings['guide'])
+  n_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  host_batch = random_batch(config, b, rng)
+  batch = sharding.global_batch(host_batch, mesh)
+  step_fn = train.compile_train_step(model, sched, tx, config, mesh, shardings)
 
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, jax.random.key(1)).compile()
   compile_s = time.perf_counter() - t0
+  flops = cost_flops(compiled)
+  mem = compiled.memory_analysis()
   state, m = compiled(state, batch, jax.random.key(1))  # Warm-up.
   jax.block_until_ready(m)
   t0 = time.perf_counter()
@@ -69,28 +202,77 @@ def main(argv):
   jax.block_until_ready(m)
   step_s = (time.perf_counter() - t0) / _STEPS.value
 
-  n_sample = _SAMPLE_STEPS.value if _SAMPLE_STEPS.value > 0 else config.sample.num_steps
-  sb = _SAMPLE_BATCH.value if _SAMPLE_BATCH.value > 0 else jax.device_count()
-  sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=n_sample)
-  sbatch = random_batch(config, sb, rng)
-  t0 = time.perf_counter()
-  sampler(state['ema_params'], sbatch, jax.random.key(2))
-  sample_first_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  sampler(state['ema_params'], sbatch, jax.random.key(3))
-  sample_s = (time.perf_counter() - t0) / sb
+  device = jax.devices()[0]
+  n_dev = jax.device_count()
+  peak = peak_flops(device.device_kind, config.model.dtype)
+  res = {'device': f'{device.device_kind} x{n_dev}', 'jax': jax.__version__, 'variant': config.variant,
+         'resolution': f'{config.data.height}x{config.data.width}', 'params_M': n_params / 1e6, 'batch': b,
+         'dtype': config.model.dtype, 'remat': config.model.remat, 'attention': config.model.attention,
+         'fsdp_axis': config.fsdp_axis, 'compile_s': compile_s, 'step_ms': step_s * 1e3, 'images_per_s': b / step_s,
+         'flops_per_device_step': flops,
+         'tflops_per_device': flops / step_s / 1e12 if flops else None,
+         'mfu': flops / step_s / peak if (flops and peak) else None,
+         'xla_argument_gib': mem.argument_size_in_bytes / 2**30 if mem else None,
+         'xla_temp_gib': mem.temp_size_in_bytes / 2**30 if mem else None}
 
-  rows = [('device', f'{jax.devices()[0].device_kind} x{jax.device_count()}'),
-          ('resolution', f'{config.data.height}x{config.data.width}'),
-          ('params', f'{n_params / 1e6:.2f} M'), ('batch', b), ('dtype', config.model.dtype),
-          ('compile train step', f'{compile_s:.1f} s'), ('train step', f'{step_s * 1e3:.0f} ms'),
-          ('images/s (train)', f'{b / step_s:.2f}'),
-          (f'sample {config.sample.sampler} x{n_sample} + CFG', f'{sample_s:.2f} s/image (batch {sb}; '
-                                                                f'first call incl. compile {sample_first_s:.1f} s)'),
-          ('peak memory', f'{peak_memory_gb():.2f} GiB ({"device" if jax.devices()[0].platform != "cpu" else "host RSS"})')]
-  width = max(len(k) for k, _ in rows)
-  for k, v in rows:
-    print(f'{k:<{width}} | {v}')
+  rows = [('device', res['device'] + f' (jax {jax.__version__})'), ('variant', config.variant),
+          ('resolution', res['resolution']), ('params', f'{n_params / 1e6:.2f} M'), ('batch', b),
+          ('dtype / remat / attention', f'{config.model.dtype} / {config.model.remat} / {config.model.attention}'),
+          ('state layout', f'FSDP over {config.fsdp_axis!r}' if config.fsdp_axis else 'replicated'),
+          ('compile train step', f'{compile_s:.1f} s'), ('train step', f'{step_s * 1e3:.1f} ms'),
+          ('images/s (train)', f'{b / step_s:.2f}')]
+  if flops:
+    rows.append(('HLO FLOPs / step / device', f'{flops / 1e9:.2f} GFLOP'))
+    rows.append(('TFLOP/s per device', f'{flops / step_s / 1e12:.3f}'))
+  rows.append(('MFU', f'{res["mfu"]:.1%} of {peak / 1e12:.0f} TFLOP/s' if res['mfu'] else
+               f'n/a (no peak FLOP/s for {device.device_kind!r})'))
+  if mem:
+    rows.append(('XLA memory (train step)', f'arguments {res["xla_argument_gib"]:.2f} GiB, '
+                 f'temporaries {res["xla_temp_gib"]:.2f} GiB'))
+
+  if _SPLIT.value:  # --- Split of the step between its parts.
+    params = state['params']
+    pieces = split_pieces(model, params, batch, config, sched, guide_vars)
+    total = 0.0
+    res['split_ms'] = {}
+    for name, (fn, args) in pieces.items():
+      piece_compile, piece_s, _ = timed(fn, args, max(1, _STEPS.value // 2))
+      total += piece_s
+      res['split_ms'][name] = piece_s * 1e3
+      rows.append((f'  {name} fwd+bwd', f'{piece_s * 1e3:.1f} ms ({piece_s / step_s:.0%} of step; '
+                   f'compile {piece_compile:.1f} s)'))
+    if 'RPA' not in pieces:
+      rows.append(('  RPA', 'n/a (variant b1)'))
+    if guide_vars is None:
+      rows.append(('  guidance (PIF)', guide_note))
+    rows.append(('  rest (loss, optimizer, EMA)', f'{(step_s - total) * 1e3:.1f} ms'))
+
+  n_sample = _SAMPLE_STEPS.value if _SAMPLE_STEPS.value >= 0 else config.sample.num_steps
+  if n_sample > 0:  # --- Sampling (CFG, the configured sampler; PIF guidance for variant full).
+    sb = _SAMPLE_BATCH.value if _SAMPLE_BATCH.value > 0 else jax.device_count()
+    sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=n_sample, guide_vars=state.get('guide'))
+    sbatch = random_batch(config, sb, rng)
+    ema = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state['ema_params'])
+    t0 = time.perf_counter()
+    sampler(ema, sbatch, jax.random.key(2))
+    sample_first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sampler(ema, sbatch, jax.random.key(3))
+    sample_s = (time.perf_counter() - t0) / sb
+    res.update(sample_s_per_image=sample_s, sample_steps=n_sample, sample_batch=sb)
+    rows.append((f'sample {config.sample.sampler} x{n_sample} + CFG',
+                 f'{sample_s:.2f} s/image (batch {sb}; first call incl. compile {sample_first_s:.1f} s)'))
+
+  peak_gib, where = peak_memory_gib()
+  res['peak_memory_gib'], res['peak_memory_kind'] = peak_gib, where
+  rows.append(('peak memory', f'{peak_gib:.2f} GiB ({where})'))
+  if jax.process_index() == 0:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+      print(f'{k:<{width}} | {v}')
+    if _JSON.value:
+      with open(_JSON.value, 'w') as f:
+        json.dump(res, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -30,9 +30,6 @@ def validate(config) -> None:
   _check(f.reference in ('heatmaps', 'features'), f"pif.reference={f.reference!r} must be heatmaps|features", p)
   _check(f.source in ('x0', 'residual'), f"pif.source={f.source!r} must be x0|residual", p)
   _check(0 < f.train_fraction <= 1, f'pif.train_fraction={f.train_fraction} must be in (0, 1]', p)
-  if config.variant == 'full' and f.estimator_dir:
-    _check(os.path.isdir(f.estimator_dir), f'pif.estimator_dir={f.estimator_dir!r} is not a directory '
-           '(convert the official HigherHRNet or run --config.mode=train_pose first)', p)
   r = config.rpa
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
   _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)

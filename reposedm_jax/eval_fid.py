@@ -6,7 +6,8 @@ network compiles once per input shape.
 
 Reference sets ('eval.fid_reference'):
 * 'test_targets': the targets of the evaluated pairs, one row per pair (the pass computes them anyway).
-* 'train_images': every image of the training split (PIDM's protocol, reference notes 1f); its
+* 'train_images': every training image (PIDM's protocol, reference notes 1f: DeepFashion's train.lst,
+  48,674 images, not the 37,016 of train_pairs.txt, which gives very different numbers); its
   statistics (mu, sigma) are cached in `eval.fid_cache_dir` under a sha256 of the image list, each
   file's size and mtime (folder stores) or the LMDB's, the resolution, the resize protocol and the
   Inception weights, so a changed, added or removed image never reuses a stale file.
@@ -139,6 +140,28 @@ def fid_against(features: np.ndarray, reference) -> float:
     return fid_lib.frechet_distance(mu, sigma, mu_r, sigma_r, method=method)
   method = 'gram' if min(len(features), len(reference)) < 2048 else 'sqrtm'
   return fid_lib.fid_from_features(features, reference, method=method)
+
+
+def read_image_list(path: str, exists: Callable[[str], bool], to_key: Callable[[str], str]) -> List[str]:
+  """Image keys of a `.lst` file (one flat fashion name per line), each checked with `exists`.
+
+  Raises:
+    BadExampleError: 'file:line: field 'image'' for a name whose image is missing.
+  """
+  from reposedm_jax.data.errors import BadExampleError  # pylint: disable=import-outside-toplevel
+  keys = []
+  with open(path) as f:
+    for n, line in enumerate(f, start=1):
+      name = line.strip()
+      if not name:
+        continue
+      key = to_key(name)
+      if not exists(key):
+        raise BadExampleError(path, f'image {key!r} of {name!r} not found', line=n, field='image')
+      keys.append(key)
+  if not keys:
+    raise BadExampleError(path, 'empty image list', field='images')
+  return keys
 
 
 def folder_identity(paths: Sequence[Optional[str]]) -> list:

@@ -23,10 +23,12 @@ records the seconds spent in each part under 'timing_s'.
 """
 
 import collections
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import resource
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -34,8 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from reposedm_jax import eval_fid, eval_report, logs
-from reposedm_jax.data import keypoints as kp_lib
+from reposedm_jax import eval_fid, eval_pose, eval_report, logs
 from reposedm_jax.metrics import lpips as lpips_lib
 from reposedm_jax.metrics import masked as masked_lib
 from reposedm_jax.metrics import pose_accuracy
@@ -123,17 +124,13 @@ class _Timer(collections.defaultdict):
   def __init__(self):
     super().__init__(float)
 
+  @contextlib.contextmanager
   def __call__(self, part: str):
-    timer = self
-
-    class _Block:
-      def __enter__(self):
-        self.t0 = time.perf_counter()
-
-      def __exit__(self, *exc):
-        timer[part] += time.perf_counter() - self.t0
-
-    return _Block()
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self[part] += time.perf_counter() - t0
 
 
 def _pad(arr: np.ndarray, n: int) -> np.ndarray:
@@ -143,8 +140,13 @@ def _pad(arr: np.ndarray, n: int) -> np.ndarray:
 
 def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str]) -> List[Tuple[str, str, Callable]]:
   """(key, protocol, fn(x_u8, tgt_u8, masks) -> [B]) for every per-pair metric that can run here."""
-  out = [(f'ssim_{v}', f'ssim_{v}', lambda x, t, m, v=v: ssim_lib.ssim_uint8(x, t, v))
-         for v in settings.ssim_variants]
+  out = []
+  for v in settings.ssim_variants:
+    win = ssim_lib.VARIANTS[v].win_size
+    if min(hw) < win:
+      notes[f'ssim_{v}'] = f'SSIM window {win} exceeds the {hw[0]}x{hw[1]} images'
+    else:
+      out.append((f'ssim_{v}', f'ssim_{v}', lambda x, t, m, v=v: ssim_lib.ssim_uint8(x, t, v)))
   lpips_vars = None
   if settings.lpips_net and min(hw) < 32 and not settings.lpips_pidm_resize:
     # AlexNet's stride-4 stem and two 3/2 max-pools leave no pixels below ~27 px.
@@ -153,7 +155,8 @@ def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str]) -> List[Tup
     try:
       lpips_vars = lpips_lib.load_lpips_weights(settings.lpips_net)
     except FileNotFoundError as e:  # optional weights package: report, do not fail the other metrics
-      notes['lpips'] = str(e)
+      # pylint: disable-next=protected-access  # lpips.py keeps the release hashes in its file table
+      notes['lpips'] = f'{e} (expected file sha256 {lpips_lib._WEIGHT_FILES[settings.lpips_net][2]})'
   if lpips_vars is not None:
     resize = settings.lpips_pidm_resize
     protocol = f'lpips_{settings.lpips_net}' + ('_pidm_resize_176x256' if resize else '')
@@ -192,15 +195,16 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
   scores = {key: {'generated': [], 'copy_source_baseline': []} for key, _, _ in metrics}
   bank = None
   if settings.fid_reference:
+    from reposedm_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
+    from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
     try:
-      from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
       bank = eval_fid.FeatureBank(inception.FeatureExtractor(batch_size=bs), bs, settings.fid_pidm_resize)
     except FileNotFoundError as e:
-      notes['fid'] = str(e)
-  judges, skipped = pose_accuracy.make_judges(settings.pose_judges, config, workdir)
-  preds = {name: collections.defaultdict(list) for name in judges}
-  tgt_coco, have_kpts = [], True
-  t_start = time.perf_counter()
+      notes['fid'] = f'{e} (expected file sha256 {inception_convert.EXPECTED_SHA256})'
+  pose = eval_pose.PoseScorer(*pose_accuracy.make_judges(settings.pose_judges, config, workdir),
+                              settings.pck_alphas, settings.pose_score_targets)
+  have_kpts = True
+  t_start, cpu_start = time.perf_counter(), _cpu_seconds()
   for start in tqdm(range(0, len(items), bs), desc='eval', unit='batch'):
     chunk = items[start:start + bs]
     n = len(chunk)
@@ -214,6 +218,11 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
     if gen.shape[1:3] != tuple(hw) or tgt.shape[1:3] != tuple(hw):
       raise ValueError(f'{chunk[0].gen_path}: generated {gen.shape[1:3]} / target {tgt.shape[1:3]} images, '
                        f'expected the evaluation size {tuple(hw)}')
+    if pose.judges and have_kpts:  # started first: a worker-process judge runs during the other metrics
+      with timer('pose_start'):
+        real = ([(it.source, x) for it, x in zip(chunk, src)] if has_src else []) + \
+            ([(it.target, x) for it, x in zip(chunk, tgt)] if settings.pose_score_targets else [])
+        pose.start(gen, real, np.stack(kpts))
     gen_p, tgt_p = _pad(gen, bs), _pad(tgt, bs)
     src_p = _pad(src, bs) if has_src else None
     masks = None
@@ -233,15 +242,8 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
         bank.add_real([it.target for it in chunk], tgt)
         if has_src:
           bank.add_real([it.source for it in chunk], src)
-    if judges and have_kpts:
-      tgt_coco.append(kp_lib.openpose_to_coco(np.stack(kpts)))
-      for name, judge in judges.items():
-        with timer(f'pose_{name}'):
-          preds[name]['generated'].append(judge(gen_p)[:n])
-          if has_src:
-            preds[name]['copy_source_baseline'].append(judge(src_p)[:n])
-          if settings.pose_score_targets:
-            preds[name]['ground_truth'].append(judge(tgt_p)[:n])
+    with timer('pose_wait'):
+      pose.finish()
   out: dict = {'num_images': len(items), 'resolution': list(hw)}
   for key, protocol, _ in metrics:
     if key.startswith('mask_') and not have_kpts:
@@ -252,17 +254,25 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
   if bank is not None:
     with timer('fid_distance'):
       out['fid'] = _fid_result(settings, bank, items, has_src, train_reference, hw)
-  out['pose'] = _pose_result(settings, judges, skipped, preds, tgt_coco, have_kpts)
-  if settings.ssim_headline:
+  out['pose'] = pose.result([it.source for it in items], [it.target for it in items], have_kpts)
+  pose.close()
+  if f'ssim_{settings.ssim_headline}' in out:
     out['ssim'] = {'variant': settings.ssim_headline, **out[f'ssim_{settings.ssim_headline}']}
   for key, why in notes.items():
     out.setdefault(key, {})['skipped'] = why
     logs.log_line(f'{key} skipped: {why}')
-  for judge in judges.values():
-    getattr(judge, 'close', lambda: None)()
+  # CPU seconds next to wall seconds: on a shared machine the CPU figure is the one that does not depend
+  # on other jobs (children = finished helper processes such as the BlazePose worker).
+  cpu = _cpu_seconds()
   out['timing_s'] = {**{k: round(v, 2) for k, v in timer.items()},
-                     'total': round(time.perf_counter() - t_start, 2)}
+                     'total': round(time.perf_counter() - t_start, 2),
+                     'cpu_process': round(cpu[0] - cpu_start[0], 2), 'cpu_children': round(cpu[1] - cpu_start[1], 2)}
   return out
+
+
+def _cpu_seconds() -> Tuple[float, float]:
+  own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def _fid_result(settings, bank, items, has_src, train_reference, hw) -> dict:
@@ -285,26 +295,6 @@ def _fid_result(settings, bank, items, has_src, train_reference, hw) -> dict:
   return res
 
 
-def _pose_result(settings, judges, skipped, preds, tgt_coco, have_kpts) -> dict:
-  """Per judge: PCK / mean error of generated, copy-source (and ground-truth) detections, or why not."""
-  out = {'target_keypoints': 'dataset OpenPose-18 at eval resolution -> COCO-17', 'judges': {}}
-  for name, why in skipped.items():
-    out['judges'][name] = {'skipped': why}
-  for name, judge in judges.items():
-    if not have_kpts:
-      out['judges'][name] = {'skipped': 'no target keypoints for these pairs'}
-      continue
-    tgt = np.concatenate(tgt_coco)
-    res = {'protocol': judge.description}
-    for row, chunks in preds[name].items():
-      try:
-        res[row] = pose_accuracy.pose_accuracy(np.concatenate(chunks), tgt, settings.pck_alphas)
-      except ValueError as e:  # e.g. no visible target joint at all
-        res[row] = {'skipped': str(e)}
-    out['judges'][name] = res
-  return out
-
-
 def read_manifest(sample_dir: str) -> List[dict]:
   rows = []
   for path in sorted(glob.glob(os.path.join(sample_dir, 'manifest_p*.jsonl'))):
@@ -313,6 +303,13 @@ def read_manifest(sample_dir: str) -> List[dict]:
   if not rows:
     raise FileNotFoundError(f'No manifest_p*.jsonl in {sample_dir}: run --config.mode=sample first.')
   return rows
+
+
+def resize_to(img_u8: np.ndarray, hw) -> np.ndarray:
+  """PIL-bicubic resize to hw (as the data pipeline), or the image itself when it already has that size."""
+  if img_u8.shape[:2] == tuple(hw):
+    return img_u8
+  return np.asarray(Image.fromarray(img_u8).resize((hw[1], hw[0]), Image.BICUBIC))
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -344,7 +341,8 @@ def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
   items = [EvalItem(os.path.join(sample_dir, r['name']), r['target'], r['source']) for r in rows]
   train_ref = None
   if settings.fid_reference == 'train_images':
-    train_ref = split_reference(dataset.load_split(config.data, 'train'), hw, settings.fid_pidm_resize, pipeline)
+    train = dataset.load_split(config.data, 'train')
+    train_ref = split_reference(config.data, train, hw, settings.fid_pidm_resize)
   metrics = evaluate_pairs(items, read_rgb, lambda k: pipeline.load_view(split, k, hw, None, 0.0), hw, settings,
                            config=config, workdir=workdir, train_reference=train_ref)
   metrics = eval_report.describe_run(metrics, settings, dataset=config.data.dataset, variant=config.variant,
@@ -354,13 +352,27 @@ def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
   return metrics
 
 
-def split_reference(train, hw, pidm_resize: bool, pipeline) -> eval_fid.TrainReference:
-  """Every image of a training Split as an FID reference (model resolution, or PIDM's input)."""
-  keys = train.image_keys()
+def reference_keys(data_cfg, train) -> List[str]:
+  """The training images of the FID reference: DeepFashion's <root>/train.lst when present (PIDM's
+  48,674-image set), every file of a PATN <root>/train/ folder, else every image of the training pairs."""
+  from reposedm_jax.data import names  # pylint: disable=import-outside-toplevel
+  from reposedm_jax.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
+  lst = os.path.join(data_cfg.root, 'train.lst')
+  if data_cfg.format == 'pidm' and os.path.isfile(lst):
+    return eval_fid.read_image_list(lst, train.images.exists, names.parse_fashion_name)
+  folder = os.path.join(data_cfg.root, 'train')
+  if data_cfg.format == 'patn' and os.path.isdir(folder):
+    return ['train/' + os.path.basename(p) for p in fid_lib.list_images(folder)]
+  return train.image_keys()
+
+
+def split_reference(data_cfg, train, hw, pidm_resize: bool) -> eval_fid.TrainReference:
+  """The training images (`reference_keys`) as an FID reference (model resolution, or PIDM's input)."""
+  keys = reference_keys(data_cfg, train)
   if pidm_resize:
     read = lambda k: eval_fid.pidm_inception_input(train.images.read(k), stretch_first=True)  # noqa: E731
   else:
-    read = lambda k: pipeline.load_view(train, k, hw, None, 0.0)[0]  # noqa: E731
+    read = lambda k: resize_to(train.images.read(k), hw)  # noqa: E731
   store = train.images
   if hasattr(store, 'resolve'):  # a folder tree: every file's size and mtime
     identity = eval_fid.folder_identity([store.resolve(k) for k in keys])

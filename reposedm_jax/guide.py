@@ -5,7 +5,6 @@ expects. The variables travel in the training state as state['guide'] (checkpoin
 resumed run guides with exactly the estimator it started with; never updated by the optimizer).
 """
 
-import os
 from typing import Any, Dict
 
 import flax.linen as nn
@@ -50,21 +49,21 @@ def make_heat_fn(config, variables: Any):
   raise ValueError(f"pif.estimator={config.pif.estimator!r} must be 'hrnet' or 'toy'")
 
 
-def estimator_dir(config, workdir: str) -> str:
-  return config.pif.estimator_dir or os.path.join(workdir, 'pose')
-
-
 def load_guide_variables(config, workdir: str) -> Any:
-  """The estimator's variables for variant 'full' (random for 'toy'), with a clear error when missing."""
+  """The estimator's variables for variant 'full' (random for 'toy'), with a clear error when missing.
+
+  Weights: `config.pose.checkpoint` (a converted official HigherHRNet or a train_pose dir), else
+  `<workdir>/pose` (what `--config.mode=train_pose` writes into the same workdir).
+  """
   if config.pif.estimator == 'toy':
     h, w = config.data.height, config.data.width
     return ToyEstimator().init(jax.random.key(config.seed + 7), jnp.zeros((1, h, w, 3)))
-  path = estimator_dir(config, workdir)
   from reposedm_jax import pose_train  # pylint: disable=import-outside-toplevel
-  if not os.path.isdir(path):
+  try:
+    variables, _ = pose_train.load_pose_estimator(config, workdir)
+  except FileNotFoundError as e:
     raise FileNotFoundError(
-        f'variant=full needs a pose estimator at {path!r}: train one with --config.mode=train_pose (same '
-        'workdir), or convert the official HigherHRNet with `python -m reposedm_jax.convert hrnet --src '
-        'pose_higher_hrnet_w32_512.pth --dst DIR` and pass --config.pif.estimator_dir=DIR')
-  variables, _ = pose_train.load_pose_estimator(config, path)
+        f'variant=full needs a frozen pose estimator: train one with --config.mode=train_pose (same workdir), '
+        'or convert the official HigherHRNet with `python -m reposedm_jax.convert hrnet --src '
+        f'pose_higher_hrnet_w32_512.pth --dst DIR` and pass --config.pose.checkpoint=DIR ({e})') from e
   return variables

@@ -121,7 +121,9 @@ def evaluate_estimator(predict, variables, data_cfg, split, pcfg) -> dict:
   preds, scores, targets = [], [], []
   for images, kpts, n in heldout_batches(data_cfg, split, pcfg.eval_batch_size, pcfg.eval_images):
     xy, score = jax.device_get(predict(variables, images))
-    preds.append(xy[:n]), scores.append(score[:n]), targets.append(kpts[:n])
+    preds.append(xy[:n])
+    scores.append(score[:n])
+    targets.append(kpts[:n])
   pred, score, tgt = np.concatenate(preds), np.concatenate(scores), np.concatenate(targets)
   out = pose_accuracy(pred, tgt, pred_valid=score > pcfg.score_threshold)
   out['images'] = int(len(pred))

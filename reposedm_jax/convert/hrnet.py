@@ -77,6 +77,11 @@ def flat_variables(tree: Mapping[str, Any]) -> dict[Path, Any]:
   return {tuple(k.key for k in path): leaf for path, leaf in flat}
 
 
+def _torch_shape(flax_shape: tuple) -> tuple:
+  """PyTorch layout of a Flax variable shape (inverse of the (2, 3, 1, 0) transpose)."""
+  return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1]) if len(flax_shape) == 4 else tuple(flax_shape)
+
+
 def _as_module(arch_or_module) -> hrnet.HigherHRNet:
   return arch_or_module if isinstance(arch_or_module, hrnet.HigherHRNet) else hrnet.build_hrnet(arch_or_module)
 
@@ -136,7 +141,8 @@ def plan_hrnet_conversion(key_shapes: Mapping[str, tuple], arch_or_module, namin
     mapping[key] = path
   absent = [p for p in expected if p not in seen]
   not_filled = [p for p in absent if naming == 'timm' and _HEAD.search(variable_to_torch_key(p))]
-  missing = [f'{variable_to_torch_key(p)} {expected[p]} (Flax {"/".join(p)})' for p in absent if p not in not_filled]
+  missing = [f'{variable_to_torch_key(p)} {_torch_shape(expected[p])} (Flax {"/".join(p)})'
+             for p in absent if p not in not_filled]
   if missing or unexpected or misshaped:
     lines = [f'HigherHRNet-{naming} state dict does not match the model ({len(missing)} missing, '
              f'{len(unexpected)} unexpected, {len(misshaped)} mis-shaped):']

@@ -19,12 +19,12 @@ from reposedm_jax.metrics.pose_accuracy import JudgeUnavailable, images_to_uint8
 
 
 class HrnetJudge:
-  """Batched, jitted HigherHRNet detection; one compile per image shape (callers pad batches)."""
+  """Batched, jitted HigherHRNet detection in fixed-size chunks (one compile per image size)."""
   name = 'hrnet'
 
-  def __init__(self, module, variables, min_score: float, weights_dir: str):
+  def __init__(self, module, variables, min_score: float, weights_dir: str, batch_size: int = 32):
     from reposedm_jax.models import hrnet  # pylint: disable=import-outside-toplevel
-    self.min_score = float(min_score)
+    self.min_score, self.batch_size = float(min_score), int(batch_size)
     self.description = f'project HigherHRNet ({weights_dir}), peak score >= {min_score:g}'
     self._variables = jax.device_put(variables)
 
@@ -35,9 +35,17 @@ class HrnetJudge:
     self._detect = jax.jit(detect)
 
   def __call__(self, images) -> np.ndarray:
+    """[B, H, W, 3] uint8 or [-1, 1] -> COCO-17 (x, y) [B, 17, 2]; runs in fixed chunks of batch_size."""
     images = images_to_uint8(images).astype(np.float32) / 127.5 - 1.0
-    xy, score = (np.asarray(a) for a in self._detect(self._variables, images))
-    return np.where((score >= self.min_score)[..., None], xy, -1.0).astype(np.float32)
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      n = len(chunk)
+      if n < self.batch_size:  # pad: one compile per image size, whatever the caller's batch
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+      xy, score = (np.asarray(a)[:n] for a in self._detect(self._variables, chunk))
+      out.append(np.where((score >= self.min_score)[..., None], xy, -1.0).astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 17, 2), np.float32)
 
 
 def make_judge(config, workdir: str) -> HrnetJudge:
@@ -52,4 +60,5 @@ def make_judge(config, workdir: str) -> HrnetJudge:
   except FileNotFoundError as e:
     raise JudgeUnavailable(f'hrnet judge: no HigherHRNet weights ({e}); set --config.eval.hrnet_dir=DIR '
                            '(a mode=train_pose run or a converted official checkpoint)') from None
-  return HrnetJudge(module, variables, config.pose.score_threshold, config.pose.checkpoint or path)
+  return HrnetJudge(module, variables, config.pose.score_threshold, config.pose.checkpoint or path,
+                    config.eval.batch_size)

@@ -106,7 +106,7 @@ def _worker_main(min_height: int) -> None:
 
 # ---------------------------------------------------------------- the judge (main process)
 class _Worker:
-  """The worker process in the pose venv; `detect` is a blocking request/response."""
+  """The worker process in the pose venv: `submit` a batch, later `result` (one request in flight)."""
 
   def __init__(self, python: str, min_height: int):
     self._stderr = tempfile.TemporaryFile()
@@ -126,8 +126,10 @@ class _Worker:
       tail = self._stderr.read().decode(errors='replace').strip().splitlines()[-5:]
       raise RuntimeError(f'mediapipe worker failed while {what} ({e}): ' + ' | '.join(tail)) from None
 
-  def detect(self, images: np.ndarray) -> np.ndarray:
-    send_array(self._proc.stdin, images)
+  def submit(self, images: np.ndarray) -> None:
+    send_array(self._proc.stdin, images)  # the worker reads whole requests at once, so this returns soon
+
+  def result(self) -> np.ndarray:
     return self._response('detecting')
 
   def close(self) -> None:
@@ -151,7 +153,7 @@ class MediapipeJudge:
     self.min_visibility, self.min_height = float(min_visibility), int(min_height)
     self.description = (f'mediapipe 0.10.14 BlazePose full (33 -> COCO-17), visibility >= {min_visibility:g}, '
                         f'images upscaled to >= {min_height} px high')
-    self._local = self._worker = None
+    self._local = self._worker = self._pending = self._local_result = None
     problems = []
     if not python:
       try:
@@ -169,16 +171,30 @@ class MediapipeJudge:
       except (RuntimeError, OSError) as e:
         raise _unavailable(f'{e}. Re-create the pose venv with: {VENV_HINT}') from None
 
-  def landmarks(self, images_u8: np.ndarray) -> np.ndarray:
-    """uint8 [B, H, W, 3] -> float32 [B, 33, 3] normalised (x, y, visibility), -1/-1/0 if nobody."""
+  def submit(self, images) -> None:
+    """Starts detection on [B, H, W, 3] images (uint8 or [-1, 1]); `collect` returns the keypoints.
+
+    With the worker process, detection runs while the caller does other work; one batch at a time.
+    """
+    from reposedm_jax.metrics.pose_accuracy import images_to_uint8  # pylint: disable=import-outside-toplevel
+    if self._pending is not None:
+      raise RuntimeError('mediapipe judge: collect() the previous batch before submitting another')
+    images = images_to_uint8(images)
+    self._pending = images.shape[1:3]
     if self._local is not None:
-      return detect_landmarks(self._local, images_u8, self.min_height)
-    return self._worker.detect(images_u8)
+      self._local_result = detect_landmarks(self._local, images, self.min_height)
+    else:
+      self._worker.submit(images)
+
+  def collect(self) -> np.ndarray:
+    """COCO-17 (x, y) [B, 17, 2] of the submitted batch, -1 where not detected."""
+    hw, self._pending = self._pending, None
+    landmarks = self._local_result if self._local is not None else self._worker.result()
+    return landmarks_to_coco(landmarks, hw, self.min_visibility)
 
   def __call__(self, images) -> np.ndarray:
-    from reposedm_jax.metrics.pose_accuracy import images_to_uint8  # pylint: disable=import-outside-toplevel
-    images = images_to_uint8(images)
-    return landmarks_to_coco(self.landmarks(images), images.shape[1:3], self.min_visibility)
+    self.submit(images)
+    return self.collect()
 
   def close(self) -> None:
     if self._worker is not None:

@@ -103,12 +103,11 @@ def images_to_uint8(images) -> np.ndarray:
   return np.clip(np.floor((images.astype(np.float32) + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
 
 
-def check_detections(xy: np.ndarray, images: np.ndarray, judge_name: str) -> np.ndarray:
-  """Validates a judge's output for `images` [B, H, W, 3]: returns it as float32 [B, 17, 2], all finite."""
+def check_detections(xy: np.ndarray, batch_size: int, judge_name: str) -> np.ndarray:
+  """Validates a judge's answer for `batch_size` images: returns it as float32 [B, 17, 2], all finite."""
   xy = np.asarray(xy, np.float32)
-  b = images.shape[0]
-  if xy.shape != (b, 17, 2):
-    raise ValueError(f'judge {judge_name!r} returned shape {xy.shape}, expected ({b}, 17, 2)')
+  if xy.shape != (batch_size, 17, 2):
+    raise ValueError(f'judge {judge_name!r} returned shape {xy.shape}, expected ({batch_size}, 17, 2)')
   if not np.isfinite(xy).all():
     raise ValueError(f'judge {judge_name!r} returned non-finite keypoints')
   return xy
