@@ -8,7 +8,7 @@ DEMO := runs/demo
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: venv test demo lint clean-demo
+.PHONY: venv test demo lint clean-demo pose-venv
 
 venv: $(STAMP)
 
@@ -35,3 +35,9 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Optional: mediapipe BlazePose, the independent pose judge of eval mode. It needs protobuf < 5, which
+# clashes with the core stack, so it lives in its own venv that eval mode calls as a worker process.
+pose-venv:
+	test -x .venv-pose/bin/python || $(PYTHON) -m venv .venv-pose
+	.venv-pose/bin/python -m pip install -q --no-deps -r requirements-pose.txt

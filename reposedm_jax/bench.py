@@ -126,36 +126,43 @@ def timed(fn, args, n: int):
 
 
 def split_pieces(model, params, batch, config, sched, guide_vars):
-  """{name: fn(params...) -> scalar or pytree} of the step's parts, and their arguments."""
+  """{name: (fn, args)} for the step's parts; fn(*args) runs the part's forward + backward.
+
+  The batch goes in as an argument, not a closed-over constant, so it keeps its data-parallel sharding.
+  """
   b = batch['tgt_img'].shape[0]
   t = jnp.arange(b, dtype=jnp.int32) * (config.diffusion.timesteps // b)
-  x_t, pose, src = batch['tgt_img'], batch['tgt_pose'], batch['src_img']
+  inputs = {'x_t': batch['tgt_img'], 't': jax.device_put(t, batch['tgt_img'].sharding), 'pose': batch['tgt_pose'],
+            'src': batch['src_img']}
   rngs = {'dropout': jax.random.key(3)}
 
   def fwd_bwd(apply, p):  # Backward w.r.t. the parameters, as the training step does.
     return jax.value_and_grad(lambda q: jnp.mean(jnp.square(apply(q).astype(jnp.float32))))(p)
 
+  def denoiser(module):
+    return lambda p, x: fwd_bwd(lambda q: module.apply({'params': q}, x['x_t'], x['t'], x['pose'], x['src'],
+                                                       train=True, rngs=rngs), p)
+
   pieces = {}
   if 'rpa' in params:  # b2 / full: the U-Net and RPA are separate submodules with separate params.
-    unet, rpa = model.unet, model.rpa
-    pieces['U-Net'] = (lambda p: fwd_bwd(lambda q: unet.apply({'params': q}, x_t, t, pose, src, train=True,
-                                                             rngs=rngs), p), (params['unet'],))
-    pieces['RPA'] = (lambda p: fwd_bwd(lambda q: rpa.apply({'params': q}, src, pose)[0], p), (params['rpa'],))
+    rpa = model.rpa
+    pieces['U-Net'] = (denoiser(model.unet), (params['unet'], inputs))
+    pieces['RPA'] = (lambda p, x: fwd_bwd(lambda q: rpa.apply({'params': q}, x['src'], x['pose'])[0], p),
+                     (params['rpa'], inputs))
   else:
-    pieces['U-Net'] = (lambda p: fwd_bwd(lambda q: model.apply({'params': q}, x_t, t, pose, src, train=True,
-                                                              rngs=rngs), p), (params,))
+    pieces['U-Net'] = (denoiser(model), (params, inputs))
   if guide_vars is not None:
     from reposedm_jax import guide, pif  # pylint: disable=import-outside-toplevel
     out = jnp.concatenate([batch['tgt_img'], batch['tgt_img']], axis=-1)  # Stand-in (eps, v) output.
 
-    def guidance(o, g):
-      guided, _ = pif.guide_train_output(config.pif, guide.make_heat_fn(config, g), o, sched=sched, x_t=x_t, t=t,
-                                         noise=batch['src_img'], batch=batch)
+    def guidance(o, g, x, bt):
+      guided, _ = pif.guide_train_output(config.pif, guide.make_heat_fn(config, g), o, sched=sched, x_t=x['x_t'],
+                                         t=x['t'], noise=x['src'], batch=bt)
       return jnp.mean(guided)
 
     # With pif.stop_gradient=False the step also differentiates through the guidance.
     fn = guidance if config.pif.stop_gradient else jax.value_and_grad(guidance)
-    pieces['guidance (PIF)'] = (fn, (out, guide_vars))
+    pieces['guidance (PIF)'] = (fn, (out, guide_vars, inputs, batch))
   return pieces
 
 

@@ -39,9 +39,10 @@ def _paper_table(metrics: dict, paper_key) -> list:
   n = metrics['num_images']
   lines = [f"| run | images | FID ({fd.get('protocol', 'not computed')}) | SSIM ({ss.get('protocol', '-')}) | "
            f"LPIPS ({lp.get('protocol', 'not computed')}) |", '|---|---|---|---|---|']
-  label = metrics.get('variant', 'run')
+  variant = metrics.get('variant')
   for row, name in ROWS[:2]:
-    lines.append(f"| {label + ' generated' if row == 'generated' else name} | {n} | {_fmt(fd.get(row))} | "
+    label = f'{variant} generated' if variant and row == 'generated' else name
+    lines.append(f"| {label} | {n} | {_fmt(fd.get(row))} | "
                  f"{_fmt(ss.get(row))} | {_fmt(lp.get(row))} |")
   for name, (fid_v, ssim_v, lpips_v) in PAPER_TABLE1.get(tuple(paper_key), {}).items():
     lines.append(f'| paper Table 1: {name} (their protocol) | - | {fid_v:.4f} | {ssim_v:.4f} | {lpips_v:.4f} |')
@@ -79,7 +80,7 @@ def _pose_table(pose: dict) -> list:
 def markdown(metrics: dict, paper_key) -> str:
   """The whole report (see the module docstring)."""
   h, w = metrics['resolution']
-  out = [f"## Evaluation: {metrics.get('dataset', '?')}, {metrics.get('variant', '?')}, "
+  out = [f"## Evaluation: {metrics.get('dataset', '?')}, {metrics.get('variant') or 'generated folder'}, "
          f"{metrics['num_images']} pairs at {h}x{w}, protocol '{metrics.get('protocol', 'standard')}'", '']
   out += _paper_table(metrics, paper_key) + [''] + _all_metrics(metrics) + ['']
   pose = _pose_table(metrics.get('pose', {}))

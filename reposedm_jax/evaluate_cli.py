@@ -224,7 +224,7 @@ def run(argv=None) -> dict:
   workdir = os.path.dirname(os.path.abspath(args.generated.rstrip('/')))
   metrics = evaluate.evaluate_pairs(items, evaluate.read_rgb, read_real, hw, settings, config=config,
                                     workdir=workdir, train_reference=train_ref)
-  metrics = eval_report.describe_run(metrics, settings, dataset=config.data.dataset, variant='generated',
+  metrics = eval_report.describe_run(metrics, settings, dataset=config.data.dataset, variant='',
                                      inputs={k: getattr(args, k) for k in ('generated', 'reference', 'pairs',
                                                                            'source', 'keypoints', 'train_dir')})
   evaluate.write_outputs(metrics, args.out or os.path.join(workdir, 'eval'), (config.data.dataset, *hw))

@@ -5,6 +5,7 @@ expects. The variables travel in the training state as state['guide'] (checkpoin
 resumed run guides with exactly the estimator it started with; never updated by the optimizer).
 """
 
+import os
 from typing import Any, Dict
 
 import flax.linen as nn
@@ -60,7 +61,8 @@ def load_guide_variables(config, workdir: str) -> Any:
     return ToyEstimator().init(jax.random.key(config.seed + 7), jnp.zeros((1, h, w, 3)))
   from reposedm_jax import pose_train  # pylint: disable=import-outside-toplevel
   try:
-    variables, _ = pose_train.load_pose_estimator(config, workdir)
+    # <workdir>/pose, not <workdir>: the workdir's own checkpoints/ are the diffusion model's.
+    variables, _ = pose_train.load_pose_estimator(config, os.path.join(workdir, 'pose'))
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f'variant=full needs a frozen pose estimator: train one with --config.mode=train_pose (same workdir), '

@@ -117,7 +117,7 @@ def run_sample(config, workdir: str) -> str:
   strip_fn = None
   if hasattr(model, 'alignment_strip') and scfg.rpa_strips:
     strip_fn = jax.jit(lambda p, s, q: model.apply({'params': p}, s, q, method=model.alignment_strip))
-  manifest = []
+  manifest, align_err = [], []
   rng = jax.random.key(scfg.seed)
   total = -(-n // per_process // jax.process_count())
   for b, batch in enumerate(tqdm(batches, total=total, desc='sampling', disable=jax.process_index() != 0)):
@@ -136,9 +136,21 @@ def run_sample(config, workdir: str) -> str:
     if strip_fn is not None:  # RPA's warped source after each update (paper Fig. 8).
       valid = batch['valid']
       strip = np.asarray(strip_fn(params, batch['src_img'][valid], batch['tgt_pose'][valid]))
+      # Warped-source reconstruction error per update n (and n = -1: the unwarped source) vs the target.
+      tgt = batch['tgt_img'][valid]
+      align_err.append(np.concatenate([[np.abs(batch['src_img'][valid] - tgt).mean(axis=(1, 2, 3))],
+                                       np.abs(strip - tgt[None]).mean(axis=(2, 3, 4))]))  # [N+2, b]
       visualize.save_png(os.path.join(out_dir, 'rpa_strips', f'strip_p{jax.process_index()}_{b:05d}.png'),
                          visualize.alignment_strip(batch['src_img'][valid], strip, batch['tgt_img'][valid]))
   with open(os.path.join(out_dir, f'manifest_p{jax.process_index()}.jsonl'), 'w') as f:
     f.writelines(json.dumps(m) + '\n' for m in manifest)
+  if align_err:
+    err = np.concatenate(align_err, axis=1).mean(axis=1)
+    summary = {'l1_unwarped_source_vs_target': float(err[0]),
+               'l1_warped_source_vs_target_per_update': [float(e) for e in err[1:]], 'pairs': len(manifest)}
+    with open(os.path.join(out_dir, f'rpa_alignment_p{jax.process_index()}.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+    logs.log_line(f'RPA alignment L1 (images in [-1, 1]) vs target: source {err[0]:.4f}, F^0..F^N '
+                  + ' '.join(f'{e:.4f}' for e in err[1:]))
   logs.log_line(f'Wrote {len(manifest)} images and grids to {out_dir}')
   return out_dir

@@ -83,7 +83,7 @@ def maybe_initialize_distributed() -> None:
   if args is None or jax.distributed.is_initialized():
     return
   # Cross-process collectives on CPU (tests, CPU clusters) need an implementation; GPUs/TPUs ignore it.
-  if jax.config.jax_cpu_collectives_implementation is None:
+  if getattr(jax.config, 'jax_cpu_collectives_implementation', 'gloo') is None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   logging.info('jax.distributed.initialize(%s)', args)
   jax.distributed.initialize(**args)

@@ -74,6 +74,93 @@ def test_first_slurm_host():
   assert sharding._first_slurm_host('single') == 'single'
 
 
+# ----------------------------------------------------------------------------- launch scripts (stubbed tools)
+
+ODD_ARG = '--config.model.channel_mult=(1, 2)'  # Spaces and parentheses must reach main.py unchanged.
+
+
+def stub(directory, name: str, body: str) -> str:
+  path = os.path.join(directory, name)
+  with open(path, 'w') as f:
+    f.write('#!/usr/bin/env bash\n' + body)
+  os.chmod(path, 0o755)
+  return path
+
+
+def run_script(script, args, env, cwd=REPO):
+  return subprocess.run(['bash', os.path.join(REPO, 'launch', script), *args], env=env, cwd=cwd,
+                        capture_output=True, text=True, timeout=60)
+
+
+def fake_python(tmp_path, preempted: bool) -> str:
+  """Records its arguments and environment, writes train_summary.json; `-c` goes to the real python."""
+  return stub(tmp_path, 'python', f"""if [[ "$1" == -c ]]; then exec {sys.executable} "$@"; fi
+printf '%s\n' "$@" > {tmp_path}/args.txt
+env > {tmp_path}/env.txt
+workdir=""; for a in "$@"; do [[ "$a" == --workdir=* ]] && workdir="${{a#--workdir=}}"; done
+mkdir -p "$workdir" && echo '{{"preempted": {str(preempted).lower()}}}' > "$workdir/train_summary.json"
+""")
+
+
+def test_local_sh_checks_arguments_and_forwards_them(tmp_path):
+  env = {'PATH': os.environ['PATH'], 'PYTHON': fake_python(tmp_path, False)}
+  r = run_script('local.sh', ['--workdir=w'], env)
+  assert r.returncode == 2 and 'missing --config' in r.stderr
+  r = run_script('local.sh', ['--config=configs/demo.py'], env)
+  assert r.returncode == 2 and 'missing --workdir' in r.stderr
+  args = ['--config=configs/demo.py:runlocal', f'--workdir={tmp_path}/run', ODD_ARG]
+  r = run_script('local.sh', args, env)
+  assert r.returncode == 0, r.stderr
+  assert open(tmp_path / 'args.txt').read().splitlines() == ['-m', 'reposedm_jax.main', *args]
+  environ = open(tmp_path / 'env.txt').read()
+  assert f'JAX_COMPILATION_CACHE_DIR={tmp_path}/run/jax_cache' in environ
+  r = run_script('local.sh', args, {**env, 'PYTHON': '/nonexistent/python'})
+  assert r.returncode == 2 and 'PYTHON=/nonexistent/python' in r.stderr
+
+
+@pytest.mark.parametrize('preempted', [False, True])
+def test_slurm_sbatch_sets_coordinator_runs_srun_and_requeues(tmp_path, preempted):
+  bin_dir = str(tmp_path / 'bin')
+  os.makedirs(bin_dir)
+  stub(bin_dir, 'scontrol', f"""if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu003\ngpu004\n'; exit 0; fi
+echo "$@" >> {tmp_path}/scontrol.txt
+""")
+  stub(bin_dir, 'srun', 'while [[ "$1" == --* ]]; do shift; done; exec "$@"\n')
+  env = {'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'PYTHON': fake_python(tmp_path, preempted),
+         'REPOSEDM_REPO': REPO}
+  r = run_script('slurm.sbatch', ['--config=configs/demo.py', '--workdir=w'], env)
+  assert r.returncode != 0 and 'SLURM_JOB_ID' in r.stderr  # Run with bash, not sbatch.
+  env.update(SLURM_JOB_ID='4100', SLURM_JOB_NODELIST='gpu[003-004]', SLURM_NNODES='2', SLURM_NTASKS='2')
+  args = ['--config=configs/deepfashion.py:variant=b2', f'--workdir={tmp_path}/run', ODD_ARG]
+  r = run_script('slurm.sbatch', args, env)
+  assert r.returncode == 0, r.stderr
+  assert open(tmp_path / 'args.txt').read().splitlines() == ['-m', 'reposedm_jax.main', *args]
+  assert 'JAX_COORDINATOR_ADDRESS=gpu003:61444' in open(tmp_path / 'env.txt').read()
+  requeued = os.path.exists(tmp_path / 'scontrol.txt') and 'requeue 4100' in open(tmp_path / 'scontrol.txt').read()
+  assert requeued == preempted
+
+
+def test_tpu_vm_sh_runs_on_all_workers_with_quoted_arguments(tmp_path):
+  stub(tmp_path, 'gcloud', f'printf "%s\\n" "$@" > {tmp_path}/gcloud.txt\n')
+  env = {'PATH': f'{tmp_path}:{os.environ["PATH"]}'}
+  r = run_script('tpu_vm.sh', ['--config=c.py', '--workdir=/mnt/w'], env)
+  assert r.returncode != 0 and 'TPU_NAME' in r.stderr
+  env.update(TPU_NAME='pod', ZONE='us-east5-a')
+  r = run_script('tpu_vm.sh', ['--config=c.py'], env)
+  assert r.returncode == 2 and 'missing --workdir' in r.stderr
+  r = run_script('tpu_vm.sh', ['--config=configs/deepfashion.py', '--workdir=/mnt/w', ODD_ARG], env)
+  assert r.returncode == 0, r.stderr
+  lines = open(tmp_path / 'gcloud.txt').read().splitlines()
+  assert lines[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'pod'] and '--worker=all' in lines
+  remote = next(l for l in lines if l.startswith('--command='))[len('--command='):]
+  assert 'REPOSEDM_DISTRIBUTED=auto' in remote and remote.endswith(
+      r"-m reposedm_jax.main --config=configs/deepfashion.py --workdir=/mnt/w --config.model.channel_mult=\(1\,\ 2\) ")
+  # The remote shell undoes the quoting: main.py gets the argument as typed.
+  words = subprocess.run(['bash', '-c', 'printf "%s\\n" ' + remote.split('reposedm_jax.main ', 1)[1]],
+                         capture_output=True, text=True).stdout.splitlines()
+  assert words[-1] == ODD_ARG
+
+
 # ----------------------------------------------------------------------------- 2 processes on this machine
 
 

@@ -12,6 +12,8 @@ Detection: images [-1, 1] -> `aggregate_heatmaps` (stride-4 and stride-2 maps av
 joint whose peak heatmap value is below `config.pose.score_threshold` is -1 (not detected).
 """
 
+import os
+
 import jax
 import numpy as np
 
@@ -54,7 +56,8 @@ def make_judge(config, workdir: str) -> HrnetJudge:
     from reposedm_jax import pose_train  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise JudgeUnavailable(f'hrnet judge: HigherHRNet code not importable ({e})') from None
-  path = config.eval.hrnet_dir or workdir
+  # <workdir>/pose, not <workdir>: the workdir's own checkpoints/ are the diffusion model's.
+  path = config.eval.hrnet_dir or os.path.join(workdir, 'pose')
   try:
     variables, module = pose_train.load_pose_estimator(config, path)
   except FileNotFoundError as e:

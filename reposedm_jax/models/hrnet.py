@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reposedm_jax.models.hrnet_blocks import Bottleneck, BasicBlock, HRModule, batch_norm, conv
+from reposedm_jax.models.hrnet_blocks import BasicBlock, Bottleneck, ConvTranspose2x, HRModule, batch_norm, conv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,9 +114,7 @@ class HigherHRNet(nn.Module):
     head_init = nn.initializers.normal(1e-3)  # the reference's init: heatmaps start near 0
     out4 = nn.Conv(2 * j, (1, 1), padding=0, kernel_init=head_init, name='final_layers_0')(feats)
     y = jnp.concatenate([feats, out4], axis=-1)
-    # torch ConvTranspose2d(k=4, s=2, p=1): lax padding k-1-p = 2 per side, kernel stored (kh, kw, out, in).
-    y = nn.ConvTranspose(self.width, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True,
-                         use_bias=False, name='deconv_layers_0_0_0')(y)
+    y = ConvTranspose2x(self.width, name='deconv_layers_0_0_0')(y)  # kernel (4, 4, out, in)
     y = nn.relu(batch_norm(train, 'deconv_layers_0_0_1')(y))
     for k in range(self.deconv_blocks):  # the reference wraps each block in its own Sequential: '.0'
       y = BasicBlock(self.width, name=f'deconv_layers_0_{k + 1}_0')(y, train)
