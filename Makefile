@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-test.txt requirements-eval.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --timeout=900 --durations=10 tests
 
 demo: $(STAMP)
 	test -f $(DEMO)/data/test_pairs.txt || $(PY) -m reposedm_jax.data.synthetic --out $(DEMO)/data --seed 0 \

@@ -3,6 +3,12 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Persistent compilation cache shared by the session, its xdist workers and the CLI subprocesses: several
+# tests compile the same train step more than once (resume = 3 runs of one program), and compiling, not
+# running, is what the suite spends its time on. Keys hash the program and the options, so it cannot go stale.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache_tests'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
 import jax  # noqa: E402  (after the XLA flags above)
 import pytest  # noqa: E402

@@ -227,5 +227,11 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   assert np.isfinite(last['pif_g']) and last['pif_grad_rms'] > 0
   logged = [json.loads(ln) for ln in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert all('pif_g' in row for row in logged)
+  assert all('rpa_l1' in row and row['rpa_l1'] > 0 for row in logged)
   out = sample_lib.run_sample(config, workdir)  # Restores a checkpoint that holds the estimator ('guide').
   assert len([f for f in os.listdir(out) if f.endswith('.png')]) == 4
+  # RPA's strips: source | F^0 .. F^N | target, N + 3 columns of 22 px plus 2-px padding (paper Fig. 8).
+  from PIL import Image
+  strips = os.listdir(os.path.join(out, 'rpa_strips'))
+  strip = np.asarray(Image.open(os.path.join(out, 'rpa_strips', strips[0])))
+  assert strip.shape[1] == (config.rpa.iterations + 3) * (22 + 2) + 2

@@ -124,8 +124,14 @@ def test_resume_continues_from_checkpoint(small_split, tmp_path, monkeypatch, ca
   assert module == hrnet.build_hrnet('tiny')
 
 
+@pytest.mark.skipif(os.environ.get('REPOSEDM_SLOW_TESTS') != '1',
+                    reason='benchmark: ~10 CPU minutes; run with REPOSEDM_SLOW_TESTS=1 (WORKSPACE.md has the figure)')
 def test_trained_small_estimator_reaches_pck_on_heldout_synthetic(tmp_path):
-  """Benchmark: the 'small' preset trained on a generated 64x44 split, evaluated on held-out identities."""
+  """Benchmark: the 'small' preset trained on a generated 64x44 split, evaluated on held-out identities.
+
+  Too slow for the default suite on 2 CPU cores (the suite must stay well under 15 minutes), so it runs
+  on request: `REPOSEDM_SLOW_TESTS=1 .venv/bin/python -m pytest tests/test_pose_train.py -k heldout`.
+  """
   start = time.time()
   root = tmp_path / 'data'
   synthetic.generate(str(root), seed=0, identities=100, views_per_identity=5, height=64, width=44)

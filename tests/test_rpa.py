@@ -91,30 +91,6 @@ def test_b2_model_forward_and_aux_output():
   assert out.shape == (2, 32, 24, 6)
   assert inter['intermediates']['warped'][0].shape == (2, 32, 24, 3)
 
-
-def test_b2_trains_and_samples_with_the_b1_commands(tmp_path):
-  import json
-  import os
-  from reposedm_jax import sample, train
-  from reposedm_jax.data import synthetic
-  from tests.test_train import tiny_config
-  root = str(tmp_path / 'data')
-  synthetic.generate(root, seed=1, identities=10, views_per_identity=3, height=32, width=22, fmt='pidm')
-  config = tiny_config(root)
-  config.variant = 'b2'
-  config.rpa.dim, config.rpa.ds, config.rpa.heads, config.rpa.windows = 16, 4, 2, (0, 3)
-  config.rpa.radius, config.rpa.iterations = 1, 2
-  config.train.num_steps, config.train.log_every = 2, 1
-  config.sample.num, config.sample.batch_size, config.sample.num_steps = 4, 4, 2
-  workdir = str(tmp_path / 'run')
-  last = train.train_and_evaluate(config, workdir)
-  assert np.isfinite(last['rpa_l1']) and last['rpa_l1'] > 0
-  logged = [json.loads(ln) for ln in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert all('rpa_l1' in row for row in logged)
-  out = sample.run_sample(config, workdir)
-  strips = os.listdir(os.path.join(out, 'rpa_strips'))
-  assert strips
-  from PIL import Image
-  strip = np.asarray(Image.open(os.path.join(out, 'rpa_strips', strips[0])))
-  # source | F^0 .. F^N | target: N + 3 columns of 22 px plus 2-px padding.
-  assert strip.shape[1] == (config.rpa.iterations + 3) * (22 + 2) + 2
+# B2 end to end (train + sample + RPA strips with the B1 commands) is covered by
+# tests/test_pif.py::test_full_variant_trains_and_samples_with_the_b1_commands: variant=full is the same
+# B2Model plus guidance, and one end-to-end compile of each would double the suite's slowest test.

@@ -135,7 +135,8 @@ def build_hrnet(pose_config: Any) -> HigherHRNet:
 
 def init_variables(module: HigherHRNet, rng: jax.Array, hw=(SIZE_MULTIPLE, SIZE_MULTIPLE)) -> Dict[str, Any]:
   """{'params', 'batch_stats'} of `module` (weights do not depend on the image size)."""
-  return module.init(rng, jnp.zeros((1, *hw, 3), jnp.float32), train=False)
+  # Jitted: eager init dispatches hundreds of small ops one by one (tens of seconds on CPU).
+  return jax.jit(lambda r: module.init(r, jnp.zeros((1, *hw, 3), jnp.float32), train=False))(rng)
 
 
 def variable_shapes(module: HigherHRNet) -> Dict[str, Any]:

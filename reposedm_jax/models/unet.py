@@ -117,8 +117,9 @@ class PIDMUNet(nn.Module):
         image_channels=int(model_config.image_channels),
         pose_channels=int(model_config.pose_channels),
         dtype=jnp.dtype(model_config.dtype),
-        attention=str(model_config.attention),
-        remat=str(model_config.remat))
+        # Speed switches default to the fields' defaults: older configs and converter sections lack them.
+        attention=str(model_config.get('attention', cls.attention)),
+        remat=str(model_config.get('remat', cls.remat)))
 
   @property
   def size_multiple(self) -> int:
