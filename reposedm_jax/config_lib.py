@@ -74,7 +74,16 @@ def validate(config) -> None:
   _check(s.sampler in SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {SAMPLERS}', p)
   _check(s.batch_size % n_dev == 0, f'sample.batch_size={s.batch_size} must be divisible by {n_dev} devices', p)
   _check(0 < s.num_steps <= config.diffusion.timesteps, 'sample.num_steps must be in [1, diffusion.timesteps]', p)
-  _check(config.eval.ssim_variant in SSIM_VARIANTS, f'eval.ssim_variant must be one of {SSIM_VARIANTS}', p)
+  e = config.eval
+  _check(e.ssim_variant in SSIM_VARIANTS, f'eval.ssim_variant must be one of {SSIM_VARIANTS}', p)
+  bad = [v for v in e.ssim_variants if v not in SSIM_VARIANTS]
+  _check(not bad, f'eval.ssim_variants has {bad}; each must be one of {SSIM_VARIANTS}', p)
+  _check(e.protocol in ('standard', 'pidm'), f"eval.protocol={e.protocol!r} must be 'standard' or 'pidm'", p)
+  _check(e.fid_reference in ('test_targets', 'train_images'),
+         f"eval.fid_reference={e.fid_reference!r} must be 'test_targets' or 'train_images'", p)
+  _check(e.lpips_net in ('alex', 'vgg'), f"eval.lpips_net={e.lpips_net!r} must be 'alex' or 'vgg'", p)
+  bad = [j for j in e.pose_judges if j not in ('hrnet', 'mediapipe')]
+  _check(not bad, f"eval.pose_judges has {bad}; each must be 'hrnet' or 'mediapipe'", p)
   if config.init_from:
     _check(os.path.exists(config.init_from), f'config.init_from={config.init_from!r} does not exist', p)
   _validate_pose(config, n_dev, p)

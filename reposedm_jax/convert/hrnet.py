@@ -207,12 +207,7 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
         break
   if not isinstance(obj, Mapping) or not obj:
     raise ValueError(f'{path}: expected a state dict (key -> tensor), got {type(obj).__name__}')
-  out = {}
-  for key, value in obj.items():
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f'{path}: [{key!r}] is a {type(value).__name__}, not a tensor')
-    out[key[len('module.'):] if key.startswith('module.') else key] = value
-  return out
+  return torch_checkpoint.tensor_dict(obj, f'{path}: ')
 
 
 def save_hrnet(variables: Mapping[str, Any], dst: str, meta: Mapping[str, Any]) -> str:

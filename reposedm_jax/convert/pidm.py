@@ -250,12 +250,7 @@ def load_pidm_checkpoint(path: str, entry: str = 'ema') -> dict[str, np.ndarray]
     raise ValueError(f'{path}: no {entry!r} entry; top-level keys are {sorted(map(str, ckpt))}.')
   if not isinstance(sd, Mapping):
     raise ValueError(f'{path}: entry {entry!r} is a {type(sd).__name__}, not a state dict.')
-  out = {}
-  for key, value in sd.items():
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f'{path}: {entry}[{key!r}] is a {type(value).__name__}, not a tensor.')
-    out[key[len('module.'):] if key.startswith('module.') else key] = value
-  return out
+  return torch_checkpoint.tensor_dict(sd, f'{path}: {entry}')
 
 
 def _define_flags():

@@ -263,3 +263,16 @@ def sha256_file(path: str) -> str:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       digest.update(chunk)
   return digest.hexdigest()
+
+
+def tensor_dict(state_dict: Any, where: str) -> dict:
+  """Checks that every value of a loaded state dict is a tensor; drops DataParallel's 'module.' prefix.
+
+  `where` names the file (and entry) for the error message.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    if not isinstance(value, np.ndarray):
+      raise ValueError(f'{where}[{key!r}] is a {type(value).__name__}, not a tensor.')
+    out[key[len('module.'):] if key.startswith('module.') else key] = value
+  return out
