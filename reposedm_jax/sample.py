@@ -60,9 +60,11 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
 
 
 def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
-  """Returns fn(params, host_batch, rng) -> numpy [B, H, W, C]; B must divide over the mesh.
+  """Returns fn(params, host_batch, rng, guide=None) -> numpy [B, H, W, C]; B must divide over the mesh.
 
   `guide_vars` (the frozen estimator's variables) turns on PIF guidance; variant full passes them.
+  The training loop passes the live `state['guide']` as `guide` on every call instead: its train step
+  donates the state, so the arrays given here at construction are deleted after the first step.
   """
   repl = sharding.replicated(mesh)
   fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps),
@@ -70,9 +72,9 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
                out_shardings=sharding.batch_sharding(mesh))
   keys = ('src_img', 'tgt_pose') + (('tgt_kpts',) if guide_vars is not None else ())
 
-  def run(params, host_batch, rng):
+  def run(params, host_batch, rng, guide=None):
     batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
-    return sharding.process_local(fn(params, batch, rng, guide_vars))
+    return sharding.process_local(fn(params, batch, rng, guide_vars if guide is None else guide))
 
   return run
 

@@ -249,7 +249,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # A last grid at the end of training, when the run samples at all (sample_every <= num_steps).
       final_grid = step == tcfg.num_steps and tcfg.sample_every <= tcfg.num_steps
       if step % tcfg.sample_every == 0 or final_grid:
-        generated = sampler(sampling_params(state['ema_params']), grid_batch, jax.random.key(config.sample.seed))
+        generated = sampler(sampling_params(state['ema_params']), grid_batch, jax.random.key(config.sample.seed),
+                            state.get('guide'))  # The live copy: the step donates (deletes) older ones.
         grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
                                    grid_batch['tgt_img'])
         if jax.process_index() == 0:

@@ -220,7 +220,8 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   synthetic.generate(root, seed=2, identities=10, views_per_identity=3, height=32, width=22, fmt='pidm')
   config = full_config(scale=1.0)
   config.data.root = root
-  config.train.num_steps, config.train.log_every, config.train.ckpt_every = 2, 1, 1
+  # A grid at step 2: the sampler then runs after donated train steps (it must read the live estimator).
+  config.train.num_steps, config.train.log_every, config.train.ckpt_every, config.train.sample_every = 2, 1, 1, 2
   config.sample.num, config.sample.batch_size, config.sample.num_steps = 4, 4, 2
   workdir = str(tmp_path / 'run')
   last = train.train_and_evaluate(config, workdir)
@@ -228,6 +229,7 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   logged = [json.loads(ln) for ln in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert all('pif_g' in row for row in logged)
   assert all('rpa_l1' in row and row['rpa_l1'] > 0 for row in logged)
+  assert os.path.exists(os.path.join(workdir, 'samples', 'train_step_0000002.png'))
   out = sample_lib.run_sample(config, workdir)  # Restores a checkpoint that holds the estimator ('guide').
   assert len([f for f in os.listdir(out) if f.endswith('.png')]) == 4
   # RPA's strips: source | F^0 .. F^N | target, N + 3 columns of 22 px plus 2-px padding (paper Fig. 8).
