@@ -28,6 +28,9 @@ demo: $(STAMP)
 		--identities 60 --views-per-identity 5 --height 64 --width 44
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO)
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=sample
+	# The pose judge of eval mode: the small HigherHRNet trained on the demo data's keypoints (~3 minutes).
+	test -f $(DEMO)/pose/pose_eval.json || $(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py \
+		--workdir=$(DEMO) --config.mode=train_pose
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=eval
 	@echo "Samples: $(DEMO)/samples/*.png (grids in $(DEMO)/samples/grids/)"
 	@echo "Metrics: $(DEMO)/eval/metrics.json"

@@ -124,6 +124,8 @@ def get_config() -> ml_collections.ConfigDict:
   pif.estimator = 'hrnet'
   # Its weights: config.pose.checkpoint (converted official HigherHRNet or train_pose dir), '' = <workdir>/pose.
   # s of eq. 15 (training) and of eq. 16 (sampling); 0 turns guidance off while keeping the code path.
+  # G is a mean over the heatmap (h x w pixels), so s = h*w is the paper's literal sum with eta = 1; at s = 1
+  # the correction is ~1e-3 of eps (measured, WORKSPACE.md ablation): raise it to see guidance act.
   pif.train_scale = 1.0
   pif.sample_scale = 1.0
   # Eq. 16 multiplies the guidance term by the CFG scale w_c.

@@ -231,7 +231,7 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   assert all('rpa_l1' in row and row['rpa_l1'] > 0 for row in logged)
   assert os.path.exists(os.path.join(workdir, 'samples', 'train_step_0000002.png'))
   out = sample_lib.run_sample(config, workdir)  # Restores a checkpoint that holds the estimator ('guide').
-  assert len([f for f in os.listdir(out) if f.endswith('.png')]) == 4
+  assert len([f for f in os.listdir(out) if f.endswith('_vis.png')]) == 4  # + the training grid
   # RPA's strips: source | F^0 .. F^N | target, N + 3 columns of 22 px plus 2-px padding (paper Fig. 8).
   from PIL import Image
   strips = os.listdir(os.path.join(out, 'rpa_strips'))
