@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from reposedm_jax import eval_fid, eval_pose, eval_report, logs
+from reposedm_jax import sharding as sharding_lib
 from reposedm_jax.metrics import lpips as lpips_lib
 from reposedm_jax.metrics import masked as masked_lib
 from reposedm_jax.metrics import pose_accuracy
@@ -138,15 +139,24 @@ def _pad(arr: np.ndarray, n: int) -> np.ndarray:
   return arr if len(arr) >= n else np.concatenate([arr, np.repeat(arr[-1:], n - len(arr), axis=0)])
 
 
-def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str]) -> List[Tuple[str, str, Callable]]:
-  """(key, protocol, fn(x_u8, tgt_u8, masks) -> [B]) for every per-pair metric that can run here."""
+def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str],
+                  sharding=None) -> List[Tuple[str, str, Callable]]:
+  """(key, protocol, fn) for every per-pair metric that can run here.
+
+  fn(cands_u8 [K, B, H, W, 3], tgt_u8 [B, H, W, 3], masks) -> [K, B]: each of the K candidate batches
+  (the generated images, then the copied sources) scored against the targets; LPIPS computes the
+  targets' features once for all K. `sharding` splits the batch over local devices.
+  """
+  put = lambda x: sharding_lib.put_batch(x, sharding)  # noqa: E731
+  per_cand = lambda f: lambda c, t, m: np.stack([np.asarray(f(x, t, m)) for x in c])  # noqa: E731
   out = []
   for v in settings.ssim_variants:
     win = ssim_lib.VARIANTS[v].win_size
     if min(hw) < win:
       notes[f'ssim_{v}'] = f'SSIM window {win} exceeds the {hw[0]}x{hw[1]} images'
     else:
-      out.append((f'ssim_{v}', f'ssim_{v}', lambda x, t, m, v=v: ssim_lib.ssim_uint8(x, t, v)))
+      out.append((f'ssim_{v}', f'ssim_{v}',
+                  per_cand(lambda x, t, m, v=v: ssim_lib.ssim_uint8(put(x), put(t), v))))
   lpips_vars = None
   if settings.lpips_net and min(hw) < 32 and not settings.lpips_pidm_resize:
     # AlexNet's stride-4 stem and two 3/2 max-pools leave no pixels below ~27 px.
@@ -160,12 +170,13 @@ def _pair_metrics(settings: EvalSettings, hw, notes: Dict[str, str]) -> List[Tup
   if lpips_vars is not None:
     resize = settings.lpips_pidm_resize
     protocol = f'lpips_{settings.lpips_net}' + ('_pidm_resize_176x256' if resize else '')
-    out.append(('lpips', protocol, lambda x, t, m: lpips_lib.lpips_uint8(lpips_vars, x, t, resize=resize)))
+    out.append(('lpips', protocol,
+                lambda c, t, m: lpips_lib.lpips_uint8(lpips_vars, t, c, resize=resize, sharding=sharding)))
   if settings.masked:
-    out.append(('mask_ssim', masked_lib.MASK_SSIM_PROTOCOL, lambda x, t, m: masked_lib.mask_ssim(x, t, m)))
+    out.append(('mask_ssim', masked_lib.MASK_SSIM_PROTOCOL, per_cand(masked_lib.mask_ssim)))
     if lpips_vars is not None:
       out.append(('mask_lpips', f'mask_lpips_{settings.lpips_net}',
-                  lambda x, t, m: masked_lib.mask_lpips(lpips_vars, x, t, m)))
+                  per_cand(lambda x, t, m: masked_lib.mask_lpips(lpips_vars, x, t, m))))
   return out
 
 
@@ -191,14 +202,15 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
   if any(bool(it.source) != has_src for it in items):
     raise ValueError('either every pair has a source image or none has')
   bs, timer, notes = settings.batch_size, _Timer(), {}
-  metrics = _pair_metrics(settings, hw, notes)
+  sharding = sharding_lib.local_batch_sharding(bs)
+  metrics = _pair_metrics(settings, hw, notes, sharding)
   scores = {key: {'generated': [], 'copy_source_baseline': []} for key, _, _ in metrics}
   bank = None
   if settings.fid_reference:
     from reposedm_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
     from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
     try:
-      bank = eval_fid.FeatureBank(inception.FeatureExtractor(batch_size=bs), bs, settings.fid_pidm_resize)
+      bank = eval_fid.FeatureBank(inception.FeatureExtractor(batch_size=bs, sharding=sharding), bs, settings.fid_pidm_resize)
     except FileNotFoundError as e:
       notes['fid'] = f'{e} (expected file sha256 {inception_convert.EXPECTED_SHA256})'
   pose = eval_pose.PoseScorer(*pose_accuracy.make_judges(settings.pose_judges, config, workdir),
@@ -233,9 +245,10 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
       if key.startswith('mask_') and masks is None:
         continue
       with timer(key):
-        scores[key]['generated'].append(np.asarray(fn(gen_p, tgt_p, masks))[:n])
+        per_pair = np.asarray(fn(np.stack([gen_p, src_p]) if has_src else gen_p[None], tgt_p, masks))
+        scores[key]['generated'].append(per_pair[0, :n])
         if has_src:
-          scores[key]['copy_source_baseline'].append(np.asarray(fn(src_p, tgt_p, masks))[:n])
+          scores[key]['copy_source_baseline'].append(per_pair[1, :n])
     if bank is not None:
       with timer('fid_features'):
         bank.add_generated(gen)

@@ -167,6 +167,24 @@ def put_global(tree, shardings):
 
 # ----------------------------------------------------------------------------- batches
 
+def local_batch_sharding(batch: int) -> NamedSharding | None:
+  """Leading axis over this process's devices, for single-process jobs such as evaluation.
+
+  None when there is one device, several processes (the mesh would not be global), or `batch` does
+  not divide evenly. On CPU with `--xla_force_host_platform_device_count=2` the Inception, LPIPS and
+  SSIM passes run 1.3x faster with their batch split this way (WORKSPACE.md, evaluation speed).
+  """
+  devices = jax.local_devices()
+  if len(devices) == 1 or jax.process_count() > 1 or batch % len(devices):
+    return None
+  return NamedSharding(Mesh(np.asarray(devices), ('batch',)), P('batch'))
+
+
+def put_batch(x, sharding: NamedSharding | None):
+  """Host array -> device array split by `sharding` (unchanged when it is None)."""
+  return x if sharding is None else jax.device_put(np.asarray(x), sharding)
+
+
 def global_batch(host_batch: dict, mesh: Mesh) -> dict:
   """Per-process numpy batch -> global jax.Arrays sharded over the data axis.
 

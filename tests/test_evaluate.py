@@ -119,6 +119,8 @@ def test_cli_end_to_end_matches_independent_metrics(patn_run, tmp_path, monkeypa
     gen, tgt, src = (np.stack([r[i] for r in rows]) for i in (2, 3, 4))
     np.testing.assert_allclose(m['lpips']['generated'], lpips_lib.lpips_uint8(variables, gen, tgt).mean(),
                                rtol=1e-5)
+    np.testing.assert_allclose(m['lpips']['copy_source_baseline'],
+                               lpips_lib.lpips_uint8(variables, src, tgt).mean(), rtol=1e-5)
     assert m['mask_lpips']['generated'] < m['mask_lpips']['copy_source_baseline']
   assert m['mask_ssim']['protocol'] == 'mask_ssim_gaussian_patn'
   assert m['mask_ssim']['generated'] > m['mask_ssim']['copy_source_baseline']

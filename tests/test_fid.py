@@ -128,6 +128,16 @@ def test_features_finite_deterministic(extractor, astronaut):
   np.testing.assert_array_equal(f1, f2)
 
 
+@needs_weights
+def test_features_split_over_devices_equal_one_device(archive, extractor):
+  from reposedm_jax import sharding  # pylint: disable=import-outside-toplevel
+  split = sharding.local_batch_sharding(4)
+  assert split is not None  # conftest: 4 fake devices
+  split_ex = inception.FeatureExtractor(extractor.variables, batch_size=4, sharding=split)
+  images = np.random.RandomState(0).randint(0, 256, (5, 64, 48, 3)).astype(np.uint8)  # 4 split + 1 not
+  np.testing.assert_allclose(split_ex(images), extractor(images), rtol=1e-5, atol=1e-5)
+
+
 def _torch_tf1_resize(torch, x, size=299):
   """TF1 resize_bilinear (source coordinate j * in / out) through torch grid_sample."""
   n, _, h, w = x.shape

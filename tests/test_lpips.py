@@ -53,6 +53,22 @@ def test_alexnet_matches_official_reference_values(alex, images):
 
 
 @needs_weights
+def test_stacked_candidates_and_device_split_equal_separate_calls(alex, images):
+  """[K, B] candidates against one reference batch (the evaluation pass's form), split over devices."""
+  from reposedm_jax import sharding  # pylint: disable=import-outside-toplevel
+  ref, p0, p1 = images['ex_ref'], images['ex_p0'], images['ex_p1']
+  a = np.concatenate([ref, p0, p1, ref])
+  cands = np.stack([np.concatenate([p0, p1, ref, ref]), np.concatenate([p1, p1, p0, p0])])
+  split = sharding.local_batch_sharding(4)
+  assert split is not None and sharding.local_batch_sharding(3) is None  # conftest: 4 fake devices
+  stacked = lpips.lpips_uint8(alex, a, cands, sharding=split)
+  assert stacked.shape == (2, 4)
+  separate = np.stack([lpips.lpips_uint8(alex, a, c) for c in cands])
+  np.testing.assert_allclose(stacked, separate, rtol=1e-5, atol=ZERO_TOL)
+  assert abs(stacked[0, 3]) < ZERO_TOL and round(float(stacked[0, 0]), 3) == 0.722
+
+
+@needs_weights
 def test_identity_symmetry_and_batching(alex, images):
   ref, p0, p1 = images['ex_ref'], images['ex_p0'], images['ex_p1']
   a = np.concatenate([ref, ref, p0, p1])

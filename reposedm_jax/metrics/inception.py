@@ -269,16 +269,18 @@ class FeatureExtractor:
     variables: `{'params': ...}`; default: `convert.inception.load_inception_params()`.
     resize_method: 'tf1' (standard FID) or 'half_pixel'.
     batch_size: Images per device call (a last, smaller batch compiles once more).
+    sharding: Optional NamedSharding of the batch axis (`sharding.local_batch_sharding`): full
+      batches are split over its devices; others run unsplit.
   """
 
   def __init__(self, variables: Optional[Dict[str, Any]] = None, resize_method: str = 'tf1',
-               batch_size: int = 32):
+               batch_size: int = 32, sharding=None):
     if variables is None:
       from reposedm_jax.convert.inception import load_inception_params  # pylint: disable=g-import-not-at-top
       variables = load_inception_params()
     if resize_method not in RESIZE_METHODS:
       raise ValueError(f'resize method {resize_method!r} not in {RESIZE_METHODS}')
-    self.resize_method, self.batch_size = resize_method, batch_size
+    self.resize_method, self.batch_size, self.sharding = resize_method, batch_size, sharding
     self.variables = jax.device_put(variables)
     self._apply = jax.jit(InceptionV3(resize_method).apply, static_argnames='preprocessed')
     self._cache_id = None
@@ -298,7 +300,10 @@ class FeatureExtractor:
   def __call__(self, images: np.ndarray, preprocessed: bool = False) -> np.ndarray:
     """[N, H, W, 3] uint8 / 0..255 float images -> [N, 2048] float32 numpy features."""
     images = np.asarray(images)
-    out = [np.asarray(self._apply(self.variables, images[i:i + self.batch_size],
-                                  preprocessed=preprocessed))
-           for i in range(0, len(images), self.batch_size)]
+    out = []
+    for i in range(0, len(images), self.batch_size):
+      chunk = images[i:i + self.batch_size]
+      if self.sharding is not None and len(chunk) == self.batch_size:
+        chunk = jax.device_put(chunk, self.sharding)
+      out.append(np.asarray(self._apply(self.variables, chunk, preprocessed=preprocessed)))
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)

@@ -105,6 +105,10 @@ def _unit_normalise(f: jax.Array) -> jax.Array:
 class LPIPS(nn.Module):
   """LPIPS distance. Call with two NHWC [-1, 1] batches; returns shape [B].
 
+  `b` may also stack K candidate batches, [K, B, H, W, 3]: the result is then [K, B], the distance of
+  each candidate to `a`, with `a`'s features computed once (the evaluation pass scores the generated
+  image and the copy-source baseline against one target this way).
+
   Attributes:
     net: 'alex' (default, the standard metric) or 'vgg'.
   """
@@ -114,19 +118,27 @@ class LPIPS(nn.Module):
   def __call__(self, a: jax.Array, b: jax.Array) -> jax.Array:
     if self.net not in _WEIGHT_FILES:
       raise ValueError(f"net must be one of {sorted(_WEIGHT_FILES)}, got {self.net!r}")
+    stacked = b.ndim == a.ndim + 1
+    b = b if stacked else b[None]
+    if b.shape[1:] != a.shape:
+      raise ValueError(f'LPIPS inputs differ in shape: {a.shape} vs {b.shape[1:]}')
+    k, batch = b.shape[0], a.shape[0]
     trunk = AlexNetFeatures if self.net == 'alex' else VGG16Features
     shift, scale = jnp.asarray(_SHIFT), jnp.asarray(_SCALE)
-    batch = a.shape[0]
-    # One trunk pass over both images: twice the batch per conv, half the launches.
-    # (Under jit, XLA may round the a- and b-halves differently in the last ulp, so
+    # One trunk pass over all images: a larger batch per conv, fewer launches.
+    # (Under jit, XLA may round the a- and b-parts differently in the last ulp, so
     # LPIPS(x, x) is ~1e-16 rather than exactly 0; the same holds for two passes.)
-    x = (jnp.concatenate([a, b], axis=0).astype(jnp.float32) - shift) / scale
-    total = jnp.zeros((batch,), jnp.float32)
+    x = (jnp.concatenate([a, b.reshape((k * batch,) + a.shape[1:])], axis=0).astype(jnp.float32)
+         - shift) / scale
+    total = jnp.zeros((k * batch,), jnp.float32)
     for i, f in enumerate(trunk(name='features')(x)):
-      diff = (_unit_normalise(f[:batch]) - _unit_normalise(f[batch:])) ** 2
+      fa = _unit_normalise(f[:batch])
+      fb = _unit_normalise(f[batch:]).reshape((k,) + fa.shape)
+      diff = ((fa[None] - fb) ** 2).reshape((k * batch,) + fa.shape[1:])
       weighted = nn.Conv(1, (1, 1), use_bias=False, precision=_PRECISION, name=f'lin{i}')(diff)
       total = total + jnp.mean(weighted, axis=(1, 2, 3))
-    return total
+    total = total.reshape(k, batch)
+    return total if stacked else total[0]
 
 
 def _net_of(variables: Dict[str, Any]) -> str:
@@ -141,10 +153,10 @@ def lpips_distance(variables: Dict[str, Any], a: jax.Array, b: jax.Array) -> jax
   Args:
     variables: `{'params': ...}` from `load_lpips_weights` (AlexNet or VGG16).
     a: [B, H, W, 3] images in [-1, 1].
-    b: Same shape as `a`.
+    b: Same shape as `a`, or [K, B, H, W, 3] candidates scored against `a` (see `LPIPS`).
 
   Returns:
-    [B] float32 distances.
+    [B] (or [K, B]) float32 distances.
   """
   return LPIPS(_net_of(variables)).apply(variables, a, b)
 
@@ -172,24 +184,35 @@ def pidm_resize(img_uint8: np.ndarray) -> np.ndarray:
 
 
 def lpips_uint8(variables: Dict[str, Any], a: np.ndarray, b: np.ndarray,
-                resize: bool = False) -> np.ndarray:
+                resize: bool = False, sharding=None) -> np.ndarray:
   """LPIPS between RGB uint8 batches [B, H, W, 3], optionally with PIDM's resize.
 
   Args:
     variables: From `load_lpips_weights`.
-    a: uint8 images.
-    b: uint8 images, same shape as `a`.
+    a: uint8 images [B, H, W, 3] (the reference, e.g. the targets).
+    b: uint8 images, same shape as `a`, or K stacked candidate batches [K, B, H, W, 3].
     resize: If True, apply `pidm_resize` to both (PIDM's evaluation convention);
       otherwise only map x -> x / 127.5 - 1.
+    sharding: Optional NamedSharding splitting the batch axis over devices.
 
   Returns:
-    [B] float32 numpy distances.
+    [B] (or [K, B]) float32 numpy distances.
   """
+  a, b = np.asarray(a), np.asarray(b)
   if resize:
-    a, b = pidm_resize(a), pidm_resize(b)
+    a = pidm_resize(a)
+    out_hw = (PIDM_SIZE_WH[1], PIDM_SIZE_WH[0], 3)
+    b = pidm_resize(b.reshape((-1,) + b.shape[-3:])).reshape(b.shape[:-3] + out_hw)
   else:
-    a = np.asarray(a, np.float32) / 127.5 - 1.0
-    b = np.asarray(b, np.float32) / 127.5 - 1.0
+    a = a.astype(np.float32) / 127.5 - 1.0
+    b = b.astype(np.float32) / 127.5 - 1.0
+  if sharding is not None:
+    a = jax.device_put(a, sharding)
+    if b.ndim == 5:  # [K, B, ...]: split B, the second axis
+      spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+      b = jax.device_put(b, jax.sharding.NamedSharding(sharding.mesh, spec))
+    else:
+      b = jax.device_put(b, sharding)
   return np.asarray(lpips_distance(variables, jnp.asarray(a), jnp.asarray(b)))
 
 
