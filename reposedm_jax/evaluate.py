@@ -210,7 +210,8 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
     from reposedm_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
     from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
     try:
-      bank = eval_fid.FeatureBank(inception.FeatureExtractor(batch_size=bs, sharding=sharding), bs, settings.fid_pidm_resize)
+      extractor = inception.FeatureExtractor(batch_size=bs, sharding=sharding)
+      bank = eval_fid.FeatureBank(extractor, bs, settings.fid_pidm_resize)
     except FileNotFoundError as e:
       notes['fid'] = f'{e} (expected file sha256 {inception_convert.EXPECTED_SHA256})'
   pose = eval_pose.PoseScorer(*pose_accuracy.make_judges(settings.pose_judges, config, workdir),
