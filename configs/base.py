@@ -114,8 +114,22 @@ def get_config() -> ml_collections.ConfigDict:
   rpa.iterations = 5
   # Run the recurrence in nn.scan (one compiled body) instead of a trace-time Python loop.
   rpa.use_scan = False
+  # How the aligned source reaches the U-Net (models/aligned.py; PIDM's cross-attention on the unwarped source
+  # always stays): 'input' (warped source + in-frame mask as zero-initialised input channels), 'tokens'
+  # (warped-source features as extra cross-attention tokens with a shared 2-D position code, zero-initialised
+  # projection), 'both', or 'replace' (the first reading: the encoder reads only the warped source).
+  rpa.aligned_path = 'input'
   # Weight of the auxiliary L1 loss between the RPA-warped source and the target image (0 = off).
   rpa.aux_weight = 1.0
+  # Where that L1 counts: 'all' pixels or the target 'person' (capsules around the target limbs, radius
+  # aux_person_radius x image height); aux_in_frame: only where the warp sampled inside the source frame.
+  rpa.aux_region = 'person'
+  rpa.aux_person_radius = 0.06
+  rpa.aux_in_frame = True
+  # Train RPA alone on the auxiliary loss for the first K steps (cheap steps without the U-Net; the U-Net's
+  # optimizer, warm-up included, starts at step K), then scale RPA's learning rate (0 = frozen).
+  rpa.pretrain_steps = 0
+  rpa.lr_mult_after_pretrain = 1.0
 
   # ---------------------------------------------------------------- PIF (variant full = RePoseDM)
   pif = config.pif = ml_collections.ConfigDict()
@@ -123,11 +137,18 @@ def get_config() -> ml_collections.ConfigDict:
   # a randomly initialised 2-conv network, so guidance code runs without trained weights).
   pif.estimator = 'hrnet'
   # Its weights: config.pose.checkpoint (converted official HigherHRNet or train_pose dir), '' = <workdir>/pose.
-  # s of eq. 15 (training) and of eq. 16 (sampling); 0 turns guidance off while keeping the code path.
-  # G is a mean over the heatmap (h x w pixels), so s = h*w is the paper's literal sum with eta = 1; at s = 1
-  # the correction is ~1e-3 of eps (measured, WORKSPACE.md ablation): raise it to see guidance act.
+  # How PIF enters training: 'off' (RePoseDM = B2's training + eq. 16 guidance at sampling), 'literal' (eq. 15
+  # inside the loss, scale train_scale: the network learns to pre-compensate it, WORKSPACE.md) or 'penalty'
+  # (penalty_weight * G(x0_hat(eps_theta)) added to the loss, its gradient into theta; a deviation from the text).
+  pif.train_mode = 'off'
+  pif.penalty_weight = 1e-3
+  # s of eq. 15 (training, literal mode) and of eq. 16 (sampling); 0 turns guidance off keeping the code path.
   pif.train_scale = 1.0
   pif.sample_scale = 1.0
+  # G_phi = the sum over heatmap pixels and joints as eq. 11 writes it ('sum'), or that sum / (h*w) ('area').
+  pif.normalize = 'sum'
+  # Sampling guidance only at timesteps t <= sample_t_max (original 0..T-1 scale).
+  pif.sample_t_max = 999
   # Eq. 16 multiplies the guidance term by the CFG scale w_c.
   pif.sample_times_cfg = True
   # W_h threshold on the summed heatmaps (paper: 0.1).
@@ -137,8 +158,8 @@ def get_config() -> ml_collections.ConfigDict:
   pif.reference = 'heatmaps'
   # Also weight where the target heatmaps exceed the threshold (pulls in limbs the estimator misses on P̃).
   pif.target_support = True
-  # Sigma (stride-2 heatmap pixels) of the reference heatmaps; match the estimator's targets (pose.sigma).
-  pif.ref_sigma = 2.0
+  # The reference heatmaps are the estimator's own training targets for the target keypoints (pose.sigma,
+  # pose.sigma_s4) through its output aggregation, so G = 0 at the correct pose (pif.reference_heatmaps).
   # P̃ of eq. 10: 'x0' (predicted clean image, default) or 'residual' (literal D(eps - eps_theta), training only).
   pif.source = 'x0'
   # Treat ∇G as a constant in the loss (default) or differentiate through it (second order, ~2x cost).

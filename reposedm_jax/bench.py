@@ -156,9 +156,9 @@ def split_pieces(model, params, batch, config, sched, guide_vars):
     out = jnp.concatenate([batch['tgt_img'], batch['tgt_img']], axis=-1)  # Stand-in (eps, v) output.
 
     def guidance(o, g, x, bt):
-      guided, _ = pif.guide_train_output(config.pif, guide.make_heat_fn(config, g), o, sched=sched, x_t=x['x_t'],
-                                         t=x['t'], noise=x['src'], batch=bt)
-      return jnp.mean(guided)
+      guided, extra, _ = pif.train_terms(config.pif, guide.make_heat_fn(config, g), guide.reference_heads(config),
+                                         o, sched=sched, x_t=x['x_t'], t=x['t'], noise=x['src'], batch=bt)
+      return jnp.mean(guided) + extra
 
     # With pif.stop_gradient=False the step also differentiates through the guidance.
     fn = guidance if config.pif.stop_gradient else jax.value_and_grad(guidance)
@@ -172,7 +172,7 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   model = factory.build_model(config)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  tx = train.make_optimizer(config.train)
+  tx = train.make_optimizer(config)
   rng = np.random.default_rng(0)
   b = config.train.batch_size
   guide_vars, guide_note = None, 'n/a (variant has no guidance)'

@@ -7,6 +7,7 @@ Resume order (STYLE.md): the workdir's latest checkpoint, else `config.init_from
 import logging
 import os
 
+from flax import traverse_util
 import grain.python as pygrain
 import jax
 import orbax.checkpoint as ocp
@@ -38,13 +39,51 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
   return restored['state']
 
 
-def load_params(path: str, abstract_params):
-  """Loads a params pytree saved with `ocp.StandardCheckpointer` (e.g. by a converter)."""
+def _is_added_by_b2(path: tuple) -> bool:
+  """Parameters B2 / RePoseDM add to B1 (RPA and the zero-initialised aligned-source paths)."""
+  return path[0] == 'rpa' or any('aligned' in part for part in path)
+
+
+def load_params(path: str, abstract_params, fresh_params=None):
+  """Loads a params pytree saved with `ocp.StandardCheckpointer` (a converter, export or init_from dir).
+
+  A B1 tree (PIDM's converter output, a B1 run's params) also loads into b2 / full: it goes under
+  'unet', and the parameters B2 adds (rpa/, *aligned*) keep their values from `fresh_params` (their
+  fresh init, which makes the network compute B1's function). Any other mismatch is an error listing
+  the unexpected, missing and mis-shaped names.
+  """
   path = os.path.abspath(path)
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(path, abstract_params)
-  logging.info('Initialised params from %s', path)
-  return params
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, 'item_metadata', meta)
+    meta = getattr(meta, 'tree', meta)
+    stored = {tuple(str(getattr(k, 'key', k)) for k in kp): m
+              for kp, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+    target = {tuple(str(getattr(k, 'key', k)) for k in kp): a
+              for kp, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    if set(stored) == set(target):
+      params = ckptr.restore(path, abstract_params)
+      logging.info('Initialised params from %s', path)
+      return params
+    nest = 'unet' in {p[0] for p in target} and 'unet' not in {p[0] for p in stored}
+    mapped = {(('unet',) + p if nest else p): p for p in stored}
+    unexpected = sorted('/'.join(p) for p in mapped if p not in target)
+    missing = sorted('/'.join(p) for p in target if p not in mapped and not _is_added_by_b2(p))
+    shapes = sorted(f"{'/'.join(p)}: stored {tuple(stored[q].shape)} vs model {tuple(target[p].shape)}"
+                    for p, q in mapped.items() if p in target and tuple(stored[q].shape) != tuple(target[p].shape))
+    if unexpected or missing or shapes or fresh_params is None:
+      why = [f'unexpected {unexpected[:20]}'] * bool(unexpected) + [f'missing {missing[:20]}'] * bool(missing)
+      why += [f'mis-shaped {shapes[:20]}'] * bool(shapes)
+      why += ['the new parameters need a fresh initialisation here'] * (fresh_params is None)
+      raise ValueError(f'{path} does not match the model ({len(stored)} stored vs {len(target)} model '
+                       f'parameters): ' + '; '.join(why))
+    abstract_stored = traverse_util.unflatten_dict({q: target[p] for p, q in mapped.items()})
+    loaded = traverse_util.flatten_dict(ckptr.restore(path, abstract_stored))
+  flat = traverse_util.flatten_dict(fresh_params)
+  flat.update({p: loaded[q] for p, q in mapped.items()})
+  logging.info('Initialised %d of %d params from %s (B1 tree under unet/; the B2 additions fresh)', len(mapped),
+               len(flat), path)
+  return traverse_util.unflatten_dict(flat)
 
 
 def save_params(path: str, params) -> None:

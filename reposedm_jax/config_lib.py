@@ -5,6 +5,9 @@ import os
 
 import jax
 
+from reposedm_jax import pif, rpa_training
+from reposedm_jax.models import aligned
+
 MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose')
 SAMPLERS = ('ddim', 'ddpm')
 SSIM_VARIANTS = ('gaussian', 'pidm_win51', 'pidm_gauss12')
@@ -30,7 +33,16 @@ def validate(config) -> None:
   _check(f.reference in ('heatmaps', 'features'), f"pif.reference={f.reference!r} must be heatmaps|features", p)
   _check(f.source in ('x0', 'residual'), f"pif.source={f.source!r} must be x0|residual", p)
   _check(0 < f.train_fraction <= 1, f'pif.train_fraction={f.train_fraction} must be in (0, 1]', p)
+  _check(f.train_mode in pif.TRAIN_MODES, f'pif.train_mode={f.train_mode!r} must be one of {pif.TRAIN_MODES}', p)
+  _check(f.normalize in pif.NORMALIZE, f'pif.normalize={f.normalize!r} must be one of {pif.NORMALIZE}', p)
+  _check(f.penalty_weight >= 0, f'pif.penalty_weight={f.penalty_weight} must be >= 0', p)
   r = config.rpa
+  _check(r.aligned_path in aligned.ALIGNED_PATHS,
+         f'rpa.aligned_path={r.aligned_path!r} must be one of {aligned.ALIGNED_PATHS}', p)
+  _check(r.aux_region in rpa_training.AUX_REGIONS,
+         f'rpa.aux_region={r.aux_region!r} must be one of {rpa_training.AUX_REGIONS}', p)
+  _check(r.pretrain_steps >= 0, f'rpa.pretrain_steps={r.pretrain_steps} must be >= 0', p)
+  _check(r.lr_mult_after_pretrain >= 0, f'rpa.lr_mult_after_pretrain={r.lr_mult_after_pretrain} must be >= 0', p)
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
   _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)
   d = config.data

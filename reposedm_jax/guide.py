@@ -40,6 +40,18 @@ def _hrnet_heat_fn(config, variables):
   return heat_fn
 
 
+def reference_heads(config) -> tuple:
+  """((stride, sigma), ...) of the Gaussian targets the estimator was trained on (pif.reference_heatmaps).
+
+  HigherHRNet: stride 4 (pose.sigma_s4) and stride 2 (pose.sigma), aggregated as its output is; the toy
+  estimator has one stride-2 head. The sigmas must be those the estimator's weights were trained with
+  (mode=train_pose writes them to pose/pose_eval.json; the official W32 used 2 and 2, the defaults).
+  """
+  if config.pif.estimator == 'toy':
+    return ((2, float(config.pose.sigma)),)
+  return ((4, float(config.pose.sigma_s4)), (2, float(config.pose.sigma)))
+
+
 def make_heat_fn(config, variables: Any):
   """The frozen estimator as a pure function of the images (variables closed over, not trained)."""
   if config.pif.estimator == 'toy':

@@ -1,31 +1,36 @@
-"""Pose Interaction Fields (paper §3.3-3.4, eq. 10-16): W_h, G_phi and the guidance gradient.
+"""Pose Interaction Fields (paper §3.3-3.4, eq. 10-16): W_h, G_phi, the guidance gradient, eq. 15 and 16.
 
 The estimator is any function `heat_fn(images [B, H, W, 3] in [-1, 1]) -> {'heatmaps': [B, h, w, 17],
-'features': [B, h', w', C]}` (COCO-17 heatmaps, e.g. the frozen Flax HigherHRNet's stride-2 output);
-this module never sees its parameters, so the same code guides with the official weights, the
-estimator trained by `mode=train_pose`, or a tiny network in tests.
+'features': [B, h', w', C]}` (COCO-17 heatmaps, e.g. the frozen Flax HigherHRNet's aggregated stride-2
+output) plus its `heads`: the ((stride, sigma), ...) of the Gaussian targets it was trained on, from
+which the reference is rendered *through the same aggregation*, so that an ideal estimator at the exact
+target pose gives G = 0 and ∇G = 0. This module never sees the estimator's parameters.
 
 Readings (WORKSPACE.md, "PIF"):
 - P̃ (eq. 10) is the predicted clean image x̂0 = (y_t - sqrt(1-ᾱ_t) ε_θ) / sqrt(ᾱ_t) (`pif.source='x0'`), the
   quantity a pose estimator can read; `'residual'` is the literal D(ε - ε_θ) (training only: it needs ε).
-- G_phi (eq. 11) = Σ_{x,k} W_h(x) (H_k(P̃)(x) - R_k(x))² / (h w): with `pif.reference='heatmaps'` R are
-  Gaussian heatmaps rendered from the target keypoints (all that exists at sampling time), and W_h =
-  1[Σ_k H_k(P̃) > threshold] ∪ 1[Σ_k R_k > threshold] (the target's support too, so a missing limb is pulled
-  in rather than ignored). `'features'` compares estimator features of P̃ and of the ground-truth target
-  under W_h (training only). Dividing by the map area makes the scale s transfer across resolutions.
-- The gradient ∇G is taken w.r.t. P̃ with `jax.grad` (estimator frozen); in pixel space the decoder D is
-  the identity, so it is already in the sample space.
-- Eq. 15 (training): ε̃ = ε_θ + s sqrt(1-ᾱ_t) ∇G. Eq. 16 (sampling): ε̂ = ε_cfg + w_c s sqrt(1-ᾱ_t) ∇G.
-  Adding ∇G to ε moves x̂0 along -∇G, i.e. towards lower G.
+- G_phi (eq. 11) = Σ_{x,k} W_h(x) (H_k(P̃)(x) - R_k(x))², summed as the paper writes it (`pif.normalize=
+  'sum'`; 'area' divides by h·w, which made s = 1 a ~1e-3 correction). R: `pif.reference='heatmaps'`
+  (rendered from the target keypoints: all that exists at sampling time), W_h = 1[Σ_k H_k(P̃) > threshold]
+  ∪ 1[Σ_k R_k > threshold] (the target's support too, so a missing limb is pulled in), or `'features'`
+  (estimator features of the ground-truth target; training only).
+- ∇G is taken w.r.t. P̃ with `jax.grad` (estimator frozen); in pixel space D is the identity.
+- Eq. 15: ε̃ = ε_θ + s sqrt(1-ᾱ_t) ∇G; eq. 16: `eq16`. Adding ∇G to ε moves x̂0 along -∇G (downhill).
+- Training (`pif.train_mode`): 'off' (RePoseDM = B2's training + eq. 16 at sampling), 'literal' (eq. 15
+  inside the loss: with ∇G a constant in θ, ‖ε − ε_θ − c‖² is minimised at ε_θ = ε* − c, so the network
+  learns to pre-compensate the correction; WORKSPACE.md measures it), 'penalty' (λ·G(x̂0(ε_θ)) added to
+  the loss with its gradient into θ: a deviation from the paper's text that can actually teach pose).
 """
 
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from reposedm_jax.data.keypoints import OPENPOSE_TO_COCO
+from reposedm_jax.diffusion import samplers
+from reposedm_jax.models import hrnet
 
 HeatFn = Callable[[jax.Array], Dict[str, jax.Array]]
 
@@ -71,8 +76,45 @@ def _resize_mask(mask: jax.Array, hw) -> jax.Array:
   return (jax.image.resize(mask, mask.shape[:1] + tuple(hw) + mask.shape[3:], 'nearest') > 0.5).astype(mask.dtype)
 
 
+
+# pif.train_mode / pif.normalize / pif.reference / pif.source values (config_lib validates against these).
+TRAIN_MODES = ('off', 'literal', 'penalty')
+NORMALIZE = ('sum', 'area')
+REFERENCES = ('heatmaps', 'features')
+SOURCES = ('x0', 'residual')
+
+Heads = Sequence[Tuple[int, float]]
+
+
+def reference_heatmaps(kpts_openpose: jax.Array, image_hw, heads: Heads) -> jax.Array:
+  """What an ideal estimator outputs for these keypoints: its training targets, aggregated as its output.
+
+  Each head's target is rendered as the estimator's trainer renders it (mode=train_pose: frame = the
+  head's map size times its stride, sigma in that head's pixels); two heads (HigherHRNet: stride 4 and
+  2) are combined by `hrnet.aggregate_heatmaps` exactly as the estimator's own output is.
+
+  Args:
+    kpts_openpose: [B, 18, 2] target keypoints at `image_hw` (-1 missing).
+    image_hw: (H, W) of the images the estimator reads.
+    heads: ((stride, sigma), ...), coarsest first for two heads; one head = that head alone.
+
+  Returns:
+    [B, h, w, 17] at the finest head's resolution.
+  """
+  kpts = openpose_to_coco(kpts_openpose)
+  maps = []
+  for stride, sigma in heads:
+    hw = (-(-image_hw[0] // stride), -(-image_hw[1] // stride))
+    maps.append(render_heatmaps(kpts, (hw[0] * stride, hw[1] * stride), hw, sigma))
+  if len(maps) == 1:
+    return maps[0]
+  if len(maps) == 2:
+    return hrnet.aggregate_heatmaps({'heatmaps_s4': maps[0], 'heatmaps_s2': maps[1]})
+  raise ValueError(f'reference_heatmaps: 1 or 2 heads, got {heads}')
+
+
 def g_phi(pred: Dict[str, jax.Array], ref: jax.Array, *, threshold: float, reference: str = 'heatmaps',
-          target_support: bool = True) -> jax.Array:
+          target_support: bool = True, normalize: str = 'sum') -> jax.Array:
   """Per-example G_phi (eq. 11) -> [B].
 
   Args:
@@ -81,6 +123,7 @@ def g_phi(pred: Dict[str, jax.Array], ref: jax.Array, *, threshold: float, refer
     threshold: W_h threshold on the summed heatmaps (paper: 0.1).
     reference: 'heatmaps' | 'features'.
     target_support: also weight where the reference heatmaps exceed the threshold ('heatmaps' only).
+    normalize: 'sum' (eq. 11 as written) | 'area' (divided by the map's h·w).
   """
   heat = pred['heatmaps'].astype(jnp.float32)
   mask = interaction_mask(heat, threshold)
@@ -93,9 +136,13 @@ def g_phi(pred: Dict[str, jax.Array], ref: jax.Array, *, threshold: float, refer
     mask = _resize_mask(mask, feats.shape[1:3])
     diff = feats - ref.astype(jnp.float32)
   else:
-    raise ValueError(f"pif.reference must be 'heatmaps' or 'features', got {reference!r}")
-  area = diff.shape[1] * diff.shape[2]
-  return jnp.sum(mask * jnp.square(diff), axis=(1, 2, 3)) / area
+    raise ValueError(f'pif.reference must be one of {REFERENCES}, got {reference!r}')
+  g = jnp.sum(mask * jnp.square(diff), axis=(1, 2, 3))
+  if normalize == 'area':
+    return g / (diff.shape[1] * diff.shape[2])
+  if normalize != 'sum':
+    raise ValueError(f'pif.normalize must be one of {NORMALIZE}, got {normalize!r}')
+  return g
 
 
 def guidance_gradient(heat_fn: HeatFn, p_tilde: jax.Array, ref: jax.Array, **g_kwargs):
@@ -107,20 +154,46 @@ def guidance_gradient(heat_fn: HeatFn, p_tilde: jax.Array, ref: jax.Array, **g_k
   return g, grad
 
 
-def reference_for(pcfg, heat_fn: HeatFn, tgt_kpts_openpose: jax.Array, image_hw, heat_hw,
+def _g_kwargs(pcfg, reference: str) -> dict:
+  return dict(threshold=pcfg.threshold, reference=reference, target_support=pcfg.target_support,
+              normalize=pcfg.normalize)
+
+
+def reference_for(pcfg, heat_fn: HeatFn, heads: Heads, tgt_kpts_openpose: jax.Array, image_hw,
                   tgt_img=None) -> jax.Array:
-  """The reference of G_phi for a batch: heatmaps rendered from the target keypoints, or target features."""
+  """The reference of G_phi for a batch: the ideal estimator output for the target keypoints, or the
+  estimator's features of the ground-truth target (training only)."""
   if pcfg.reference == 'heatmaps':
-    return render_heatmaps(openpose_to_coco(tgt_kpts_openpose), image_hw, heat_hw, pcfg.ref_sigma)
+    return reference_heatmaps(tgt_kpts_openpose, image_hw, heads)
   if tgt_img is None:
     raise ValueError("pif.reference='features' needs the ground-truth target image (training only); "
                      "sampling guides with reference='heatmaps'")
   return jax.lax.stop_gradient(heat_fn(tgt_img)['features'])
 
 
+def guidance_term(grad: jax.Array, acp_t: jax.Array, scale) -> jax.Array:
+  """scale · sqrt(1 - ᾱ_t) · ∇G, the correction of eq. 15 (scale = s) and eq. 16 (scale = w_c · s)."""
+  return scale * jnp.sqrt(1.0 - acp_t) * grad
+
+
 def correct_eps(eps: jax.Array, grad: jax.Array, acp_t: jax.Array, scale) -> jax.Array:
-  """ε + scale · sqrt(1 - ᾱ_t) · ∇G (eq. 15/16); acp_t broadcasts against [B, H, W, C]."""
-  return eps + scale * jnp.sqrt(1.0 - acp_t) * grad.astype(eps.dtype)
+  """Eq. 15: ε̃ = ε + scale · sqrt(1 - ᾱ_t) · ∇G; acp_t broadcasts against [B, H, W, C]."""
+  return eps + guidance_term(grad, acp_t, scale).astype(eps.dtype)
+
+
+def eq16(eps_u: jax.Array, eps_c: jax.Array, grad: jax.Array, acp_t: jax.Array, *, w_c: float,
+         s: float) -> jax.Array:
+  """Eq. 16, the sampling-time prediction: three terms.
+
+    ε̂ = ε_u                           the null-condition prediction ε_θ(y_t, t, ∅, ∅)
+        + w_c · (ε_c − ε_u)           classifier-free guidance towards the (pose, source) condition
+        + w_c · s · sqrt(1−ᾱ_t) · ∇G  PIF's gradient guidance (eq. 15's term, scaled with the condition)
+
+  The first two are computed as ε_c + (w_c − 1)(ε_c − ε_u), the samplers' `cfg_combine`, so that w_c = 1
+  returns ε_c bit for bit; the samplers add the third term through their eps-correction hook
+  (`sampling_correction`), which is this function split at the CFG wrapper.
+  """
+  return samplers.cfg_combine(eps_c, eps_u, w_c) + guidance_term(grad, acp_t, w_c * s).astype(eps_c.dtype)
 
 
 def heat_hw(heat_fn: HeatFn, images: jax.Array):
@@ -128,65 +201,76 @@ def heat_hw(heat_fn: HeatFn, images: jax.Array):
   return jax.eval_shape(heat_fn, images)['heatmaps'].shape[1:3]
 
 
-def guide_train_output(pcfg, heat_fn: HeatFn, out: jax.Array, *, sched, x_t, t, noise, batch):
-  """Eq. 15 on a training batch: replaces ε_θ by ε̃ = ε_θ + s sqrt(1-ᾱ_t) ∇G in the model output.
+def _guided_rows(pcfg, b: int) -> int:
+  return max(1, min(b, math.ceil(pcfg.train_fraction * b - 1e-9)))
+
+
+def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x_t, t, noise, batch):
+  """PIF in a training step, by `pif.train_mode` ('literal' | 'penalty'; 'off' never calls this).
 
   Guidance runs on the first ceil(train_fraction * B) rows only (static, so the cost is bounded) and is
   zeroed where t > train_t_max (x̂0 at high noise is not an image an estimator can read).
 
   Args:
     pcfg: config.pif.
-    heat_fn: the frozen estimator (module docstring).
+    heat_fn, heads: the frozen estimator (module docstring).
     out: [B, H, W, 2C] model output (ε_θ, v).
     sched: the training Schedule; x_t, t, noise: the step's noisy input, indices and true noise.
     batch: the global batch (tgt_kpts, and tgt_img for reference='features').
 
   Returns:
-    (out with ε̃ in the guided rows, {'pif_g': mean G, 'pif_grad_rms': rms of ∇G}).
+    (out, extra_loss, metrics): 'literal' replaces ε_θ by eq. 15's ε̃ in the guided rows and adds no
+    loss; 'penalty' leaves out unchanged and returns λ · mean_rows(active · G(x̂0(ε_θ))) with its
+    gradient reaching θ. metrics: 'pif_g' (mean G over guided rows), 'pif_grad_rms' ('literal').
   """
   eps, v = jnp.split(out, 2, axis=-1)
   b = eps.shape[0]
-  n = max(1, min(b, math.ceil(pcfg.train_fraction * b - 1e-9)))
+  n = _guided_rows(pcfg, b)
   acp = jnp.asarray(sched.alphas_cumprod, jnp.float32)[t[:n]][:, None, None, None]
+  active = (t[:n] <= pcfg.train_t_max).astype(jnp.float32)
   if pcfg.source == 'x0':
     p_tilde = jnp.clip((x_t[:n] - jnp.sqrt(1.0 - acp) * eps[:n]) / jnp.sqrt(acp), -1.0, 1.0)
   elif pcfg.source == 'residual':
     p_tilde = noise[:n] - eps[:n]
   else:
-    raise ValueError(f"pif.source must be 'x0' or 'residual', got {pcfg.source!r}")
+    raise ValueError(f'pif.source must be one of {SOURCES}, got {pcfg.source!r}')
+  ref = reference_for(pcfg, heat_fn, heads, batch['tgt_kpts'][:n], x_t.shape[1:3], tgt_img=batch['tgt_img'][:n])
+  if pcfg.train_mode == 'penalty':
+    g = g_phi(heat_fn(p_tilde), ref, **_g_kwargs(pcfg, pcfg.reference))
+    extra = pcfg.penalty_weight * jnp.sum(active * g) / b
+    return out, extra, {'pif_g': jnp.mean(jax.lax.stop_gradient(g))}
+  if pcfg.train_mode != 'literal':
+    raise ValueError(f'pif.train_mode must be one of {TRAIN_MODES}, got {pcfg.train_mode!r}')
   if pcfg.stop_gradient:
     p_tilde = jax.lax.stop_gradient(p_tilde)
-  ref = reference_for(pcfg, heat_fn, batch['tgt_kpts'][:n], x_t.shape[1:3], heat_hw(heat_fn, p_tilde),
-                      tgt_img=batch['tgt_img'][:n])
-  g, grad = guidance_gradient(heat_fn, p_tilde, ref, threshold=pcfg.threshold, reference=pcfg.reference,
-                              target_support=pcfg.target_support)
+  g, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, pcfg.reference))
   if pcfg.stop_gradient:
     grad = jax.lax.stop_gradient(grad)
-  active = (t[:n] <= pcfg.train_t_max).astype(grad.dtype)[:, None, None, None]
-  eps_n = correct_eps(eps[:n], grad * active, acp, pcfg.train_scale)
+  eps_n = correct_eps(eps[:n], grad * active[:, None, None, None], acp, pcfg.train_scale)
   eps = jnp.concatenate([eps_n, eps[n:]], axis=0) if n < b else eps_n
   metrics = {'pif_g': jnp.mean(jax.lax.stop_gradient(g)),
              'pif_grad_rms': jnp.sqrt(jnp.mean(jnp.square(jax.lax.stop_gradient(grad))))}
-  return jnp.concatenate([eps, v], axis=-1), metrics
+  return jnp.concatenate([eps, v], axis=-1), jnp.float32(0.0), metrics
 
 
-def sampling_correction(pcfg, heat_fn: HeatFn, sched, tgt_kpts_openpose: jax.Array, cfg_scale: float):
-  """Eq. 16 as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
+def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_openpose: jax.Array,
+                        cfg_scale: float):
+  """Eq. 16's third term as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
 
-  `sched` is the schedule the sampler indexes (respaced for DDPM). Only the target keypoints are used:
-  no ground truth exists at test time. With CFG the correction is also multiplied by w_c
-  (pif.sample_times_cfg), as eq. 16 writes it.
+  `sched` is the schedule the sampler indexes (respaced for DDPM); guidance acts only where the
+  schedule's original timestep is <= pif.sample_t_max. Only the target keypoints are used: no ground
+  truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
   """
   scale = pcfg.sample_scale * (cfg_scale if pcfg.sample_times_cfg else 1.0)
   acp_table = jnp.asarray(sched.alphas_cumprod, jnp.float32)
+  t_model = jnp.asarray(sched.timestep_map, jnp.int32)
 
   def correction(x_t, t_index, eps, pred_x0):
     del x_t
     p_tilde = jnp.clip(pred_x0, -1.0, 1.0)
-    ref = render_heatmaps(openpose_to_coco(tgt_kpts_openpose), p_tilde.shape[1:3], heat_hw(heat_fn, p_tilde),
-                          pcfg.ref_sigma)
-    _, grad = guidance_gradient(heat_fn, p_tilde, ref, threshold=pcfg.threshold, reference='heatmaps',
-                                target_support=pcfg.target_support)
-    return correct_eps(eps, grad, acp_table[t_index], scale)
+    ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3], heads)
+    _, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, 'heatmaps'))
+    on = (t_model[t_index] <= pcfg.sample_t_max).astype(eps.dtype)
+    return eps + guidance_term(grad, acp_table[t_index], scale * on).astype(eps.dtype)
 
   return correction

@@ -33,7 +33,7 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   # The encoder runs once per sample, not once per step; the null condition is a zero image.
   feats_c = model.apply(variables, src, pose, train=False, method=model.encode_condition)
   feats_u = model.apply(variables, jnp.zeros_like(src), pose, train=False, method=model.encode_condition)
-  feats = [jnp.concatenate([c, u]) for c, u in zip(feats_c, feats_u)]
+  feats = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), feats_c, feats_u)  # a list (B1) or dict (B2)
   pose2 = jnp.concatenate([pose, pose])
 
   def apply_fn(x2, t2):
@@ -51,8 +51,9 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
     raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {scfg.sampler!r}")
   correction = None
   if guide_vars is not None:
-    correction = pif.sampling_correction(config.pif, guide.make_heat_fn(config, guide_vars), s,
-                                         batch['tgt_kpts'], scfg.guidance_scale)
+    correction = pif.sampling_correction(config.pif, guide.make_heat_fn(config, guide_vars),
+                                         guide.reference_heads(config), s, batch['tgt_kpts'],
+                                         scfg.guidance_scale)
   if scfg.sampler == 'ddim':
     return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, rng=k_loop,
                                 eps_correction_fn=correction)
@@ -83,7 +84,7 @@ def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
   """EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`."""
   from reposedm_jax import checkpoint, train  # Local import: train imports this module.
   model = factory.build_model(config)
-  tx = train.make_optimizer(config.train)
+  tx = train.make_optimizer(config)
   init_rng, _ = jax.random.split(jax.random.key(config.seed))
   abstract = train.abstract_state(model, tx, config, init_rng, guide_vars)
   repl = sharding.replicated(mesh)

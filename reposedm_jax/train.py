@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from reposedm_jax import checkpoint, guide, logs, pif, sharding, visualize
+from reposedm_jax import checkpoint, guide, logs, pif, rpa_training, sharding, visualize
 from reposedm_jax.data import dataset, pipeline
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.diffusion.schedule import linear_schedule
@@ -27,14 +27,18 @@ from reposedm_jax import sample as sample_lib
 
 # ----------------------------------------------------------------------------- optimizer & state
 
-def make_optimizer(tcfg) -> optax.GradientTransformation:
-  """AdamW with PIDM's linear warm-up (from lr * warmup_init_frac) then a flat lr, and global-norm clipping."""
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with PIDM's linear warm-up (from lr * warmup_init_frac) then a flat lr, and global-norm clipping.
+
+  Runs with RPA pre-training (rpa.pretrain_steps > 0) optimise RPA and the rest apart (rpa_training.py).
+  """
+  tcfg = config.train
   lr = optax.join_schedules(
       [optax.linear_schedule(tcfg.lr * tcfg.warmup_init_frac, tcfg.lr, max(tcfg.warmup_steps, 1)),
        optax.constant_schedule(tcfg.lr)], [tcfg.warmup_steps])
   parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
   parts.append(optax.adamw(lr, b1=tcfg.b1, b2=tcfg.b2, weight_decay=tcfg.weight_decay))
-  return optax.chain(*parts)
+  return rpa_training.phased_optimizer(optax.chain(*parts), config)
 
 
 def learning_rate(tcfg, step):
@@ -86,23 +90,24 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
 
   # RePoseDM (variant full): the frozen estimator rides in the state (checkpointed, never updated).
-  heat_fn = guide.make_heat_fn(config, state['guide']) if config.variant == 'full' else None
+  guided = config.variant == 'full' and config.pif.train_mode != 'off'
+  heat_fn = guide.make_heat_fn(config, state['guide']) if guided else None
 
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
                              rngs={'dropout': k_dropout}, mutable=['intermediates'])
-    pif_terms = {}
-    if heat_fn is not None:  # Eq. 15: eps~ = eps_theta + s sqrt(1 - abar_t) grad G replaces eps_theta.
-      out, pif_terms = pif.guide_train_output(config.pif, heat_fn, out.astype(jnp.float32), sched=sched,
-                                              x_t=x_t, t=t, noise=noise, batch=batch)
+    pif_terms, pif_loss = {}, 0.0
+    if heat_fn is not None:  # pif.train_mode: 'literal' (eq. 15 in the loss) or 'penalty' (λ·G into θ).
+      out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, guide.reference_heads(config),
+                                                 out.astype(jnp.float32), sched=sched, x_t=x_t, t=t,
+                                                 noise=noise, batch=batch)
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
                                  vlb_weight=config.diffusion.vlb_weight)
-    loss = terms['loss'].mean()
-    warped = inter.get('intermediates', {}).get('warped')
-    if warped is not None:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).
-      keep_f = keep.astype(jnp.float32)
-      l1 = jnp.abs(warped[0].astype(jnp.float32) - x0).mean(axis=(1, 2, 3))
-      terms['rpa_l1'] = (l1 * keep_f).sum() / jnp.maximum(keep_f.sum(), 1.0)
+    loss = terms['loss'].mean() + pif_loss
+    inter = inter.get('intermediates', {})
+    if 'warped' in inter:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).
+      terms['rpa_l1'] = rpa_training.aux_loss(config.rpa, inter['warped'][0], inter['valid'][0], x0,
+                                              batch['tgt_kpts'], keep)
       loss = loss + config.rpa.aux_weight * terms['rpa_l1']
     terms.update(pif_terms)
     return loss, terms
@@ -121,8 +126,12 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   return new_state, metrics
 
 
-def compile_train_step(model, sched, tx, config, mesh, state_sharding):
-  step_fn = functools.partial(train_step, model=model, sched=sched, tx=tx, config=config)
+def compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain: bool = False):
+  """The jitted step; `pretrain` gives RPA's auxiliary-only step of the first rpa.pretrain_steps steps."""
+  if pretrain:
+    step_fn = functools.partial(rpa_training.pretrain_step, model=model, tx=tx, config=config)
+  else:
+    step_fn = functools.partial(train_step, model=model, sched=sched, tx=tx, config=config)
   return jax.jit(step_fn, donate_argnums=0,
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)))
@@ -171,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- Model, diffusion, optimizer
   model = factory.build_model(config)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  tx = make_optimizer(tcfg)
+  tx = make_optimizer(config)
   # Separate streams for init and for the per-step fold_in(step) keys.
   init_rng, base_rng = jax.random.split(jax.random.key(config.seed))
   repl = sharding.replicated(mesh)
@@ -196,7 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if guide_vars is not None:  # make_array_from_callback: also valid when the mesh spans processes.
       state['guide'] = sharding.put_global(guide_vars, state_sharding['guide'])
     if config.init_from:
-      params = checkpoint.load_params(config.init_from, abstract_sharded['params'])
+      params = checkpoint.load_params(config.init_from, abstract_sharded['params'], fresh_params=state['params'])
       fresh_keys = ('params', 'ema_params', 'opt_state')
       fresh = jax.jit(lambda p: {'params': p, 'ema_params': jax.tree.map(jnp.copy, p), 'opt_state': tx.init(p)},
                       out_shardings={k: state_sharding[k] for k in fresh_keys})(params)
@@ -206,6 +215,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logs.log_line(f'Model {config.variant}: {n_params / 1e6:.2f} M parameters; starting at step {first_step}')
 
   step_fn = compile_train_step(model, sched, tx, config, mesh, state_sharding)
+  pretrain_fn = (compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain=True)
+                 if rpa_training.uses_phases(config) else None)
   sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=config.sample.num_steps,
                                     guide_vars=state.get('guide'))
   # The sampler takes replicated params; under FSDP the EMA is gathered for each grid (rare).
@@ -231,7 +242,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       batch = sharding.global_batch(next(data_iter), mesh)
       data_wait += time.perf_counter() - t_wait
       wait_steps += 1
-      state, metrics = step_fn(state, batch, base_rng)
+      in_pretrain = pretrain_fn is not None and step < config.rpa.pretrain_steps
+      state, metrics = (pretrain_fn if in_pretrain else step_fn)(state, batch, base_rng)
       step += 1
       if step % tcfg.log_every == 0 or step == tcfg.num_steps:
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -49,7 +49,7 @@ def run_steps(config, host_state, n=2):
   """n train steps from `host_state` laid out as config says; returns (host state, metrics, live state)."""
   mesh = sharding.make_mesh(config.mesh)
   model = factory.build_model(config)
-  tx = train.make_optimizer(config.train)
+  tx = train.make_optimizer(config)
   shardings = sharding.state_shardings(host_state, mesh, config.fsdp_axis, config.train.fsdp_min_size)
   state = jax.device_put(host_state, shardings)
   step = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shardings)
@@ -63,7 +63,7 @@ def run_steps(config, host_state, n=2):
 def test_fsdp_update_equals_data_parallel():
   assert jax.device_count() == 4
   config = tiny_config()
-  model, tx = factory.build_model(config), train.make_optimizer(config.train)
+  model, tx = factory.build_model(config), train.make_optimizer(config)
   init = jax.device_get(jax.jit(lambda: train.init_state(model, tx, config, jax.random.key(0)))())
   dp, dp_metrics, _ = run_steps(config, init)
   fs, fs_metrics, live = run_steps(tiny_config('data'), init)

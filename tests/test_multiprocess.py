@@ -217,7 +217,7 @@ def restore_state(workdir, config):
   from reposedm_jax import train  # pylint: disable=import-outside-toplevel
   from reposedm_jax.models import factory  # pylint: disable=import-outside-toplevel
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = train.abstract_state(factory.build_model(config), train.make_optimizer(config.train), config,
+  abstract = train.abstract_state(factory.build_model(config), train.make_optimizer(config), config,
                                   jax.random.key(0))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract)
   with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'data')) as mgr:

@@ -102,7 +102,8 @@ def full_config(scale=1.0):
   config.pif.estimator = 'toy'
   config.pif.train_scale = config.pif.sample_scale = scale
   config.pif.train_fraction = 0.5
-  config.pif.ref_sigma = 1.0
+  config.pif.train_mode = 'literal'
+  config.pose.sigma = 1.0
   return config
 
 
@@ -117,7 +118,7 @@ def batch_with_kpts(config, seed=0):
 def one_step(config, with_guide: bool):
   mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   model = factory.build_model(config)
-  tx = train.make_optimizer(config.train)
+  tx = train.make_optimizer(config)
   state = train.init_state(model, tx, config, jax.random.key(0))
   if with_guide:
     state['guide'] = guide.load_guide_variables(config, '')
@@ -154,8 +155,9 @@ def test_guide_train_output_touches_only_guided_rows_and_timesteps():
   x_t, batch = _toy_train_inputs()
   out = jnp.asarray(np.random.default_rng(5).normal(size=x_t.shape[:3] + (6,)), jnp.float32)
   t = jnp.asarray([100, 900, 200, 300])  # row 1 is above train_t_max; rows 2-3 are past the guided half
-  new, m = pif.guide_train_output(pcfg, heat_fn, out, sched=linear_schedule(1000), x_t=x_t, t=t,
-                                  noise=jnp.zeros_like(x_t), batch=batch)
+  new, extra, m = pif.train_terms(pcfg, heat_fn, guide.reference_heads(config), out, sched=linear_schedule(1000),
+                                  x_t=x_t, t=t, noise=jnp.zeros_like(x_t), batch=batch)
+  assert float(extra) == 0.0  # literal mode changes the output, adds no loss
   changed = np.any(np.asarray(new) != np.asarray(out), axis=(1, 2, 3))
   np.testing.assert_array_equal(changed, [True, False, False, False])
   np.testing.assert_array_equal(np.asarray(new)[..., 3:], np.asarray(out)[..., 3:])  # v is never guided
@@ -173,8 +175,8 @@ def test_second_order_guidance_differentiates_through_the_gradient():
     config = full_config(scale=5.0)
     config.pif.stop_gradient, config.pif.train_fraction = stop, 1.0
     out = jnp.concatenate([theta * x_t, jnp.zeros_like(x_t)], -1)  # a one-parameter "network"
-    new, _ = pif.guide_train_output(config.pif, heat_fn, out, sched=sched, x_t=x_t, t=t,
-                                    noise=jnp.zeros_like(x_t), batch=batch)
+    new, _, _ = pif.train_terms(config.pif, heat_fn, guide.reference_heads(config), out, sched=sched, x_t=x_t,
+                                t=t, noise=jnp.zeros_like(x_t), batch=batch)
     return jnp.mean(jnp.square(new[..., :3]))
 
   theta = jnp.float32(0.3)

@@ -47,13 +47,14 @@ def random_batch(config, seed=0):
   b, h, w = config.train.batch_size, config.data.height, config.data.width
   return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
           'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32)}
+          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
+          'tgt_kpts': rng.uniform(0, w, (b, 18, 2)).astype(np.float32)}
 
 
 def run_steps(config, mesh, n=2):
   model = factory.build_model(config)
   sched = linear_schedule(1000)
-  tx = train.make_optimizer(config.train)
+  tx = train.make_optimizer(config)
   repl = sharding.replicated(mesh)
   state = jax.device_put(train.init_state(model, tx, config, jax.random.key(0)), repl)
   state_sharding = jax.tree.map(lambda _: repl, state)

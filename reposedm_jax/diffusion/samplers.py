@@ -23,6 +23,11 @@ ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 EpsCorrectionFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
+def cfg_combine(out_c: jnp.ndarray, out_u: jnp.ndarray, scale: float) -> jnp.ndarray:
+  """ε_u + scale (ε_c − ε_u), written as ε_c + (scale − 1)(ε_c − ε_u) so that scale = 1 is ε_c exactly."""
+  return out_c + (scale - 1.0) * (out_c - out_u)
+
+
 def cfg_model_fn(apply_fn: ModelFn, scale: float, guide_variance: bool = False) -> ModelFn:
   """Wraps a 2B-batch network call into a classifier-free-guided model_fn.
 
@@ -49,10 +54,10 @@ def cfg_model_fn(apply_fn: ModelFn, scale: float, guide_variance: bool = False) 
     out_2b = apply_fn(jnp.concatenate([x_bhwc, x_bhwc], axis=0), jnp.concatenate([t_b, t_b]))
     out_c, out_u = jnp.split(out_2b, 2, axis=0)
     if guide_variance:
-      return out_c + (scale - 1.0) * (out_c - out_u)
+      return cfg_combine(out_c, out_u, scale)
     eps_c, v_c = split_model_output(out_c)
     eps_u, _ = split_model_output(out_u)
-    eps = eps_c + (scale - 1.0) * (eps_c - eps_u)
+    eps = cfg_combine(eps_c, eps_u, scale)
     return jnp.concatenate([eps, v_c], axis=-1)
   return model_fn
 

@@ -1,39 +1,79 @@
-"""B2 = B1 (PIDM U-Net) + Recurrent Pose Alignment, without gradient guidance (paper Table 2).
+"""B2 = B1 (PIDM U-Net) + Recurrent Pose Alignment (paper Table 2); RePoseDM's network is the same.
 
-The U-Net and its source encoder are B1's, unchanged (so PIDM weights still load under 'unet');
-RPA warps the source towards the target pose first, and the encoder reads the warped source:
-its feature pyramid is the F_S^N that the U-Net's cross-attention consumes.
+B2 ⊇ B1: PIDM's cross-attention keeps reading Enc(I_S) of the *unwarped* source exactly as in B1 (the
+U-Net lives under 'unet' with PIDM's parameter names), and RPA's warped source W(I_S; F^N) reaches the
+U-Net through the position-aware paths of models/aligned.py (`aligned_path`):
+  'input'   [W(I_S) | in-frame mask] through zero-initialised input channels,
+  'tokens'  Enc(W(I_S)) (eq. 9: the warped source re-encoded by the same encoder) as extra
+            cross-attention tokens with a shared 2-D position code and a zero-initialised projection,
+  'both'    both,
+  'replace' the first reading: the encoder reads only W(I_S) (no B1 inclusion; kept as a switch).
+With fresh RPA / aligned parameters on B1 weights, every path but 'replace' computes B1's function
+exactly, so `--config.init_from` a B1 or PIDM checkpoint starts B2 at B1.
+
+The CFG null condition is PIDM's all-zero source image; `keep` = "the source is not all zero" switches
+the aligned paths off with it (sampling encodes the null branch from zeros, training zeroes the dropped
+rows' sources), so the null branch is B1's null branch.
 """
 
-from typing import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from reposedm_jax.models.rpa import RPA
+from reposedm_jax.models import aligned as aligned_lib
+from reposedm_jax.models import warp
+from reposedm_jax.models.rpa import RPA, image_flow
 from reposedm_jax.models.unet import PIDMUNet
+
+
+def has_source(src_img_bhwc: jax.Array) -> jax.Array:
+  """[B] float: 1 where the source is a real image, 0 for the null condition (all zeros)."""
+  return (jnp.max(jnp.abs(src_img_bhwc), axis=(1, 2, 3)) > 0).astype(jnp.float32)
 
 
 class B2Model(nn.Module):
   """Same call surface as PIDMUNet: __call__, encode_condition, denoise.
 
-  The warped source of the last call is sown into the 'intermediates' collection as 'warped'
-  (the training step reads it for the auxiliary alignment loss).
+  The condition is a dict {'src': Enc(I_S) pyramid, 'aligned': {...}} (a pytree: sampling concatenates
+  the conditional and null halves leaf by leaf). The warped source of the last call is sown into
+  'intermediates' as 'warped' and its in-frame mask as 'valid' (the RPA auxiliary loss reads them).
   """
   unet: PIDMUNet
   rpa: RPA
+  aligned_path: str = 'both'
 
-  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool) -> list[jax.Array]:
-    warped, _, _ = self.rpa(src_img_bhwc, pose_bhwc)
+  def align(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array):
+    """(warped [B, H, W, 3], valid [B, H, W, 1] in [0, 1], strip [N+1, B, H, W, 3])."""
+    warped, flow, strip = self.rpa(src_img_bhwc, pose_bhwc)
+    h, w = src_img_bhwc.shape[1:3]
+    # The backward warp samples outside the frame where the target has no source pixel: zero there.
+    valid = warp.warp(jnp.ones(src_img_bhwc.shape[:3] + (1,), warped.dtype), image_flow(flow, h, w))
+    return warped, valid, strip
+
+  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool) -> dict:
+    if self.aligned_path not in aligned_lib.ALIGNED_PATHS:
+      raise ValueError(f'rpa.aligned_path={self.aligned_path!r} must be one of {aligned_lib.ALIGNED_PATHS}')
+    warped, valid, _ = self.align(src_img_bhwc, pose_bhwc)
     self.sow('intermediates', 'warped', warped)
-    return self.unet.encode(warped, train)
+    self.sow('intermediates', 'valid', valid)
+    if self.aligned_path == 'replace':
+      return {'src': self.unet.encode(warped, train)}
+    keep = has_source(src_img_bhwc)
+    extra: dict[str, Any] = {'keep': keep}
+    if aligned_lib.uses_input(self.aligned_path):
+      extra['image'] = jnp.concatenate([warped, valid], axis=-1) * keep[:, None, None, None]
+    if aligned_lib.uses_tokens(self.aligned_path):
+      extra['tokens'] = self.unet.encode(warped, train)
+    return {'src': self.unet.encode(src_img_bhwc, train), 'aligned': extra}
 
-  def denoise(self, x_t_bhwc, t_b, pose_bhwc, src_feats: Sequence[jax.Array], train: bool) -> jax.Array:
-    return self.unet.denoise(x_t_bhwc, t_b, pose_bhwc, src_feats, train)
+  def denoise(self, x_t_bhwc, t_b, pose_bhwc, cond: dict, train: bool) -> jax.Array:
+    return self.unet.denoise(x_t_bhwc, t_b, pose_bhwc, cond['src'], train, aligned=cond.get('aligned'))
 
   def alignment_strip(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array) -> jax.Array:
     """[N+1, B, H, W, 3]: the source warped by F^0 .. F^N."""
-    return self.rpa(src_img_bhwc, pose_bhwc)[2]
+    return self.align(src_img_bhwc, pose_bhwc)[2]
 
   def __call__(self, x_t_bhwc, t_b, pose_bhwc, src_img_bhwc, train: bool) -> jax.Array:
     return self.denoise(x_t_bhwc, t_b, pose_bhwc, self.encode_condition(src_img_bhwc, pose_bhwc, train), train)

@@ -18,7 +18,8 @@ def build_model(config):
   if config.variant == 'b1':
     return PIDMUNet.from_config(config.model)
   if config.variant in ('b2', 'full'):
-    return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa))
+    return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa),
+                   aligned_path=str(config.rpa.aligned_path))
   raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
 
 

@@ -34,12 +34,13 @@ size; attention runs over the padded maps, including the padding tokens.
 """
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reposedm_jax.models import aligned as aligned_lib
 from reposedm_jax.models import appearance
 from reposedm_jax.models import layers
 
@@ -157,7 +158,7 @@ class PIDMUNet(nn.Module):
 
   @nn.compact
   def denoise(self, x_t_bhwc: jax.Array, t_b: jax.Array, pose_bhwc: jax.Array,
-              src_feats: Sequence[jax.Array], train: bool) -> jax.Array:
+              src_feats: Sequence[jax.Array], train: bool, aligned: Optional[dict] = None) -> jax.Array:
     """One U-Net evaluation given precomputed source features.
 
     Args:
@@ -166,6 +167,9 @@ class PIDMUNet(nn.Module):
       pose_bhwc: [B, H, W, pose_channels] target pose map.
       src_feats: Output of `encode` for an image of the same (H, W).
       train: Enables dropout.
+      aligned: B2 / RePoseDM only (models/aligned.py): {'keep': [B], 'image': [B, H, W, 4] warped source
+        and validity (path 'input'), 'tokens': `encode` of the warped source (path 'tokens')}. Each path
+        adds zero-initialised parameters, so with None or fresh parameters this is B1's function.
 
     Returns:
       [B, H, W, 2 * image_channels] float32: predicted epsilon, then v.
@@ -191,21 +195,33 @@ class PIDMUNet(nn.Module):
         c, dropout=self.dropout, norm_groups=self.norm_groups, dtype=dtype, name=name, **kw)
     attention = lambda name: attention_cls(self.norm_groups, dtype, self.attention, name=name)  # noqa: E731
 
+    def aligned_attention(name, h, feat_index):
+      """After each PIDM cross-attention: attention to the aligned tokens of the same feature index."""
+      if aligned is None or 'tokens' not in aligned:
+        return h
+      return aligned_lib.AlignedAttention(self.norm_groups, dtype, name=name)(
+          h, aligned['tokens'][feat_index], aligned['keep'])
+
     # Encoder half; `skips` are the lateral inputs of the output blocks.
     skips = []
     for spec in plan:
       name = f'input_blocks_{spec.index}'
       if spec.kind == 'conv':
         h = layers.conv3x3(spec.out_channels, f'{name}_0', dtype)(h)
+        if aligned is not None and 'image' in aligned:
+          img = _pad_to_multiple(aligned['image'], self.size_multiple)
+          h = aligned_lib.AlignedInput(spec.out_channels, dtype, name='aligned_input')(h, img, aligned['keep'])
       else:
         h = resblock(spec.out_channels, f'{name}_0', down=spec.kind == 'down')(h, emb, train)
         if spec.kind == 'res' and spec.last_in_level and spec.ds in self.attention_ds:
           h = attention(f'{name}_1')(h, src_feats[spec.index])
+          h = aligned_attention(f'{name}_aligned', h, spec.index)
       skips.append(h)
 
     c_mid = h.shape[-1]
     h = resblock(c_mid, 'middle_block_0')(h, emb, train)
     h = attention('middle_block_1')(h, src_feats[-1])
+    h = aligned_attention('middle_block_aligned', h, len(plan) - 1)
     h = resblock(c_mid, 'middle_block_2')(h, emb, train)
 
     # Decoder half, deepest level first; output block k pairs with input block n_in - 1 - k.
@@ -219,6 +235,7 @@ class PIDMUNet(nn.Module):
         sub = 1
         if i == self.num_res_blocks - 1 and 2**level in self.attention_ds:
           h = attention(f'{name}_{sub}')(h, src_feats[len(plan) - 1 - k])
+          h = aligned_attention(f'{name}_aligned', h, len(plan) - 1 - k)
           sub += 1
         if level and i == self.num_res_blocks:
           h = resblock(c_out, f'{name}_{sub}', up=True)(h, emb, train)

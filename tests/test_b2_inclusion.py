@@ -1,0 +1,115 @@
+"""B2 ⊇ B1: b2 / full built on B1 weights compute B1's function; B1 / PIDM checkpoints load into them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from reposedm_jax import checkpoint
+from reposedm_jax.convert import pidm as pidm_convert
+from reposedm_jax.models import factory
+from reposedm_jax.models.b2 import has_source
+from tests.test_train import random_batch, tiny_config
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def _config(variant, path='both'):
+  config = tiny_config()
+  config.variant = variant
+  config.rpa.dim, config.rpa.ds, config.rpa.heads, config.rpa.windows = 16, 4, 2, (3,)
+  config.rpa.radius, config.rpa.iterations = 1, 1
+  config.rpa.aligned_path = path
+  return config
+
+
+def _b1_params(seed=0):
+  """B1 weights with every zero-initialised output projection made non-zero (a 'trained' B1)."""
+  config = _config('b1')
+  params = factory.init_params(factory.build_model(config), config, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+  flat = {k: (jnp.asarray(rng.normal(0, 0.05, v.shape), v.dtype) if not np.any(np.asarray(v)) else v)
+          for k, v in traverse_util.flatten_dict(params).items()}
+  return traverse_util.unflatten_dict(flat)
+
+
+def _outputs(variant_config, params, batch, t):
+  model = factory.build_model(variant_config)
+  src = jnp.asarray(batch['src_img'])
+  src = src.at[1].set(0.0)  # row 1 is the CFG null condition
+  return model.apply({'params': params}, jnp.asarray(batch['tgt_img']), t, jnp.asarray(batch['tgt_pose']), src,
+                     train=False)
+
+
+@pytest.mark.parametrize('variant,path', [('b2', 'input'), ('b2', 'tokens'), ('full', 'both')])
+def test_fresh_b2_on_b1_weights_is_b1(tmp_path, variant, path):
+  b1 = _b1_params()
+  ckpt = str(tmp_path / 'b1')
+  checkpoint.save_params(ckpt, b1)
+  config = _config(variant, path)
+  model = factory.build_model(config)
+  fresh = factory.init_params(model, config, jax.random.key(3))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fresh)
+  params = checkpoint.load_params(ckpt, abstract, fresh_params=fresh)
+  assert set(params) == {'unet', 'rpa'}
+  batch = random_batch(config)
+  t = jnp.asarray([10, 500, 900, 999])
+  want = _outputs(_config('b1'), b1, batch, t)
+  got = _outputs(config, params, batch, t)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
+  # The aligned paths exist and are live: moving their zero-initialised weights changes the output,
+  # except on the null row, where they are switched off with the condition.
+  flat = traverse_util.flatten_dict(params)
+  flat = {k: (v + 0.05 if 'aligned' in '/'.join(k) and k[-1] == 'kernel' else v) for k, v in flat.items()}
+  moved = _outputs(config, traverse_util.unflatten_dict(flat), batch, t)
+  diff = np.abs(np.asarray(moved) - np.asarray(want)).max(axis=(1, 2, 3))
+  assert diff[1] <= 1e-6 and np.all(diff[[0, 2, 3]] > 1e-4), diff
+
+
+def test_replace_reading_is_kept_as_a_switch():
+  config = _config('b2', 'replace')
+  params = factory.init_params(factory.build_model(config), config, jax.random.key(0))
+  names = {'/'.join(k) for k in traverse_util.flatten_dict(params)}
+  assert not any('aligned' in n for n in names)
+  assert {'/'.join(k) for k in traverse_util.flatten_dict(_b1_params())} == {
+      n[len('unet/'):] for n in names if n.startswith('unet/')}
+
+
+def test_pidm_layout_checkpoint_converts_into_b2_and_full(tmp_path):
+  """PIDM state dict -> converter -> init_from of b2 and full: the U-Net is the converted one."""
+  b1 = _b1_params(seed=1)
+  flat = traverse_util.flatten_dict(b1)
+  # Torch layouts by hand (conv HWIO -> OIHW, dense (I, O) -> linear (O, I)), not the converter's code.
+  sd = {pidm_convert.flax_path_to_pidm_key(k): (np.asarray(v).transpose(3, 2, 0, 1) if v.ndim == 4 else
+                                                np.asarray(v).T if v.ndim == 2 else np.asarray(v))
+        for k, v in flat.items()}
+  converted = pidm_convert.convert_pidm_state_dict(sd, _config('b1').model)
+  dst = pidm_convert.save_params(converted, str(tmp_path / 'pidm'))
+  for variant in ('b2', 'full'):
+    config = _config(variant, 'both')
+    fresh = factory.init_params(factory.build_model(config), config, jax.random.key(2))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fresh)
+    params = checkpoint.load_params(dst, abstract, fresh_params=fresh)
+    got = traverse_util.flatten_dict(params['unet'])
+    for k, v in flat.items():
+      np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v))
+
+
+def test_mismatched_checkpoint_lists_what_differs(tmp_path):
+  b1 = _b1_params()
+  broken = traverse_util.flatten_dict(b1)
+  broken[('not_a_layer', 'kernel')] = jnp.zeros((2,))
+  ckpt = str(tmp_path / 'broken')
+  checkpoint.save_params(ckpt, traverse_util.unflatten_dict(broken))
+  config = _config('b2')
+  fresh = factory.init_params(factory.build_model(config), config, jax.random.key(3))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fresh)
+  with pytest.raises(ValueError, match='unexpected.*unet/not_a_layer/kernel'):
+    checkpoint.load_params(ckpt, abstract, fresh_params=fresh)
+
+
+def test_has_source_marks_the_null_condition():
+  src = np.ones((3, 4, 4, 3), np.float32)
+  src[1] = 0
+  np.testing.assert_array_equal(np.asarray(has_source(jnp.asarray(src))), [1, 0, 1])
