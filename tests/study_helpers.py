@@ -40,8 +40,9 @@ def make_folders(root: str, *, identities: int = 24, views: int = 4, height: int
 
 
 def study_inputs(folders: dict, **kw) -> inputs.StudyInputs:
-  kw.setdefault('keypoints', folders['data'])
-  return inputs.StudyInputs(real=folders['data'], generated=dict(folders['generated']), pairs=folders['pairs'], **kw)
+  kw = {'real': folders['data'], 'generated': dict(folders['generated']), 'pairs': folders['pairs'],
+        'keypoints': folders['data'], **kw}
+  return inputs.StudyInputs(**kw)
 
 
 def build_study(folders: dict, out: str, design: plan.Design = DESIGN, inputs_kw=(), **kw) -> dict:
