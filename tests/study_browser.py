@@ -169,8 +169,9 @@ class Chromium:
     self.profile = tempfile.mkdtemp(prefix='study-chromium-')
     # --no-sandbox: CI and containers run as root, where Chromium's sandbox refuses to start.
     self.proc = subprocess.Popen(
-        [self.binary, '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--no-default-browser-check',
-         '--disable-extensions', '--remote-debugging-port=0', f'--user-data-dir={self.profile}',
+        [self.binary, '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run',
+         '--no-default-browser-check', '--disable-extensions', '--remote-debugging-port=0',
+         f'--user-data-dir={self.profile}',
          f'--window-size={self.size[0]},{self.size[1]}', 'about:blank'],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port_file = os.path.join(self.profile, 'DevToolsActivePort')

@@ -35,7 +35,8 @@ def make_folders(root: str, *, identities: int = 24, views: int = 4, height: int
     os.makedirs(folders[m], exist_ok=True)
     for p in pairs:
       with Image.open(os.path.join(data, p.target[:-4] + '.png')) as im:
-        _fake_method(m, im.convert('RGB')).save(os.path.join(folders[m], names.output_name(p.sources[0], p.target)))
+        out = os.path.join(folders[m], names.output_name(p.sources[0], p.target))
+        _fake_method(m, im.convert('RGB')).save(out)
   return {'data': data, 'pairs': os.path.join(data, 'test_pairs.txt'), 'generated': folders}
 
 

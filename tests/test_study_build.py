@@ -166,8 +166,9 @@ def test_cli_build_and_its_errors(folders, tmp_path, capsys):
   args[args.index('--pairs') + 1] = str(bad_pairs)
   rc, err = _cli(capsys, *args)
   assert rc == 2 and '\n' not in err
-  assert err.startswith(f"study build: error: {bad_pairs}: field 'image': pair 'img/MEN/Denim/id_00000999/01_2_side.jpg'"
-                        f" -> 'img/MEN/Denim/id_00000999/01_1_front.jpg': target image not found in --real")
+  person = 'img/MEN/Denim/id_00000999'
+  assert err.startswith(f"study build: error: {bad_pairs}: field 'image': pair '{person}/01_2_side.jpg' -> "
+                        f"'{person}/01_1_front.jpg': target image not found in --real")
   assert _cli(capsys, *args, '--skip-missing')[0] == 0
 
   no_pose = _build_args(folders, out, '--overwrite')

@@ -13,7 +13,8 @@ PAPER = plan.Design()  # 30 real, 20 generated per method, 30 sets, 2 catch, 2 p
 
 def _pairs(people: int, views: int = 4) -> list[tuple[str, str]]:
   """Every ordered pair of views within each person, like test_pairs.txt."""
-  return [(f'p{i}/v{a}', f'p{i}/v{b}') for i in range(people) for a in range(views) for b in range(views) if a != b]
+  views = range(views)
+  return [(f'p{i}/v{a}', f'p{i}/v{b}') for i in range(people) for a in views for b in views if a != b]
 
 
 def test_paper_design_counts_per_block_and_method():
@@ -75,7 +76,8 @@ def test_rg_methods_subset_and_paper_single_method():
   design = dataclasses.replace(PAPER, rg_methods=('ours',))
   trials = plan.make_plan(_pairs(80), METHODS, design)
   rg = [t for t in trials if t['block'] == 'rg' and not t['practice'] and not t['catch']]
-  assert collections.Counter((t['show'], t['method']) for t in rg) == {('real', None): 30, ('generated', 'ours'): 20}
+  counts = collections.Counter((t['show'], t['method']) for t in rg)
+  assert counts == {('real', None): 30, ('generated', 'ours'): 20}
   with pytest.raises(ValueError, match='--rg-methods SD: not among'):
     plan.make_plan(_pairs(80), METHODS, dataclasses.replace(PAPER, rg_methods=('SD',)))
 

@@ -1,4 +1,4 @@
-"""`study build`: pairs and image folders -> STUDY/trials.json (private plan) + STUDY/page/ (what participants get).
+"""`study build`: pairs and image folders -> STUDY/trials.json (private plan) + STUDY/page/ (for participants).
 
   STUDY/trials.json      the plan with its answer key: which image is real, which method made which, which
                          trials are attention checks. Keep it; `study score` reads it. Do not share it.

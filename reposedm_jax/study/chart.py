@@ -27,8 +27,8 @@ def draw(result: dict, methods: list[str], title: str = '') -> Image.Image:
   d = ImageDraw.Draw(img)
   left, top, right, bottom = PLOT
   small, mid = _font(13), _font(15)
-  _center_text(d, (W / 2, 18), title or f'Perception study {result["study_id"]} ({result["included"]} participants)',
-               _font(18))
+  title = title or f'Perception study {result["study_id"]} ({result["included"]} participants)'
+  _center_text(d, (W / 2, 18), title, _font(18))
   for v in range(0, 101, 20):  # Grid and y labels.
     y = bottom - (bottom - top) * v / 100
     d.line((left, y, right, y), fill=(225, 225, 225))

@@ -147,7 +147,8 @@ def score_study(plan: dict, responses: list[tuple[str, dict]], *, min_catch: flo
   rows = []
   for k, mean, lo, hi in zip(keys, values.mean(axis=0), low, high):
     name, _, method = k.partition('/')
-    rows.append({'metric': name, 'method': method or None, 'mean': float(mean), 'low': float(lo), 'high': float(hi)})
+    rows.append({'metric': name, 'method': method or None, 'mean': float(mean), 'low': float(lo),
+                 'high': float(hi)})
   return {'study_id': plan['study_id'], 'metrics': rows, 'participants': people, 'included': len(kept),
           'excluded': len(people) - len(kept),
           'position_shares': position_shares(plan, responses, {p.file for p in kept}),

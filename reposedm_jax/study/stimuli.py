@@ -78,7 +78,8 @@ class StimulusWriter:
     h, w = img.shape[:2]
     if abs(h / w - self.hw[0] / self.hw[1]) > 0.02 * self.hw[0] / self.hw[1] and (h, w) not in self._warned_aspect:
       self._warned_aspect.add((h, w))
-      logging.warning('%s is %dx%d: stretched to the study size %dx%d (another aspect ratio)', path, h, w, *self.hw)
+      logging.warning('%s is %dx%d: stretched to the study size %dx%d (another aspect ratio)', path, h, w,
+                      *self.hw)
     return fit(img, self.hw)
 
   def add(self, img: np.ndarray, **meta) -> str:
