@@ -10,7 +10,7 @@ from reposedm_jax.study import build, inputs, plan
 
 METHODS = ('ours', 'PIDM', 'CFLD')
 # Small enough to build in about a second: block 1 has 6 real + 3 x 3 generated, block 2 has 6 sets.
-DESIGN = plan.Design(real=6, generated=3, sets=6, catch=2, practice=2, seed=0)
+DESIGN = plan.Design(real=6, generated=3, sets=6, catch=2, practice=2, rg_methods=METHODS, seed=0)
 
 
 def _fake_method(name: str, img: Image.Image) -> Image.Image:

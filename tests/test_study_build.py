@@ -153,7 +153,12 @@ def test_cli_build_and_its_errors(folders, tmp_path, capsys):
   assert _cli(capsys, *_build_args(folders, out)) == (0, '')
   rc, err = _cli(capsys, *_build_args(folders, out))
   assert rc == 2 and err.startswith(f'study build: error: {out}/trials.json: a study is already there')
+  assert _cli(capsys, *_build_args(folders, out, '--overwrite', '--rg-methods', 'all'))[0] == 0
+  with open(os.path.join(out, 'trials.json')) as f:
+    assert json.load(f)['design']['rg_methods'] == list(sh.METHODS)
   assert _cli(capsys, *_build_args(folders, out, '--overwrite'))[0] == 0
+  with open(os.path.join(out, 'trials.json')) as f:
+    assert json.load(f)['design']['rg_methods'] == ['ours']  # The paper's protocol: our images only.
 
   rc, err = _cli(capsys, *_build_args(folders, out, '--overwrite', '--real', str(tmp_path / 'nope')))
   assert (rc, err) == (2, f'study build: error: {tmp_path}/nope: --real folder not found')

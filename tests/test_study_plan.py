@@ -8,7 +8,8 @@ import pytest
 from reposedm_jax.study import plan
 
 METHODS = ['ours', 'PIDM', 'CFLD']
-PAPER = plan.Design()  # 30 real, 20 generated per method, 30 sets, 2 catch, 2 practice
+# 30 real, 20 generated per method (all three here), 30 sets, 2 catch, 2 practice.
+PAPER = plan.Design(rg_methods=tuple(METHODS))
 
 
 def _pairs(people: int, views: int = 4) -> list[tuple[str, str]]:
@@ -72,20 +73,24 @@ def test_order_is_shuffled_and_candidate_positions_vary():
   assert len(firsts) == len(METHODS)  # Every method is leftmost in some set.
 
 
-def test_rg_methods_subset_and_paper_single_method():
-  design = dataclasses.replace(PAPER, rg_methods=('ours',))
-  trials = plan.make_plan(_pairs(80), METHODS, design)
+@pytest.mark.parametrize('rg_methods', [(), ('ours',)])
+def test_default_is_the_paper_protocol_first_method_only(rg_methods):
+  trials = plan.make_plan(_pairs(80), METHODS, plan.Design(rg_methods=rg_methods))
   rg = [t for t in trials if t['block'] == 'rg' and not t['practice'] and not t['catch']]
   counts = collections.Counter((t['show'], t['method']) for t in rg)
   assert counts == {('real', None): 30, ('generated', 'ours'): 20}
+  assert {t['method'] for t in trials if t['block'] == 'rg' and t['practice']} == {None, 'ours'}
+
+
+def test_unknown_rg_method():
   with pytest.raises(ValueError, match='--rg-methods SD: not among'):
     plan.make_plan(_pairs(80), METHODS, dataclasses.replace(PAPER, rg_methods=('SD',)))
 
 
 def test_comparison_block_needs_two_methods():
   with pytest.raises(ValueError, match='two --generated methods'):
-    plan.make_plan(_pairs(80), ['ours'], PAPER)
-  trials = plan.make_plan(_pairs(80), ['ours'], dataclasses.replace(PAPER, sets=0))
+    plan.make_plan(_pairs(80), ['ours'], plan.Design())
+  trials = plan.make_plan(_pairs(80), ['ours'], plan.Design(sets=0))
   assert {t['block'] for t in trials} == {'rg'}
 
 

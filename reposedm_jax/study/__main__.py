@@ -2,7 +2,7 @@
 
   python -m reposedm_jax.study build --real DIR --generated NAME=DIR [NAME=DIR ...] --pairs FILE --out STUDY
       [--keypoints CSV_OR_ROOT [--keypoint-frame HxW] | --pose-from-target] [--source DIR] [--seed 0]
-      [--real-count 30] [--generated-count 20] [--sets 30] [--catch 2] [--practice 2] [--rg-methods A,B]
+      [--real-count 30] [--generated-count 20] [--sets 30] [--catch 2] [--practice 2] [--rg-methods A,B|all]
       [--size HxW] [--display-ms 0] [--gap-ms 300] [--title TEXT] [--skip-missing] [--overwrite]
   python -m reposedm_jax.study score STUDY RESPONSE.json|DIR [...] [--out STUDY/results]
       [--min-catch 0.75] [--resamples 10000] [--seed 0]
@@ -16,8 +16,6 @@ import glob
 import logging
 import os
 import sys
-
-from reposedm_jax.data.errors import BadExampleError
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -47,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument('--sets', type=int, default=30, help='comparison sets (block 2; 0 = no block 2)')
   b.add_argument('--catch', type=int, default=2, help='attention checks per block')
   b.add_argument('--practice', type=int, default=2, help='practice trials per block')
-  b.add_argument('--rg-methods', default='', help='methods shown in block 1, comma-separated (default: all)')
+  b.add_argument('--rg-methods', default='', help='methods shown in block 1, comma-separated, or "all" '
+                 '(default: the first --generated method, as in the paper)')
   b.add_argument('--size', type=_hw, default=None, help='display size (default: the generated images\')')
   b.add_argument('--display-ms', type=int, default=0, help='hide the images after this long (0 = never)')
   b.add_argument('--gap-ms', type=int, default=300, help='blank screen between trials')
@@ -70,9 +69,10 @@ def run_build(args) -> dict:
   inp = inputs.StudyInputs(real=args.real, generated=inputs.parse_methods(args.generated), pairs=args.pairs,
                            source=args.source, keypoints=args.keypoints, keypoint_frame=args.keypoint_frame,
                            pose_from_target=args.pose_from_target, skip_missing=args.skip_missing)
+  rg = tuple(inp.generated) if args.rg_methods == 'all' else \
+      tuple(m.strip() for m in args.rg_methods.split(',') if m.strip())
   design = plan.Design(real=args.real_count, generated=args.generated_count, sets=args.sets, catch=args.catch,
-                       practice=args.practice, seed=args.seed,
-                       rg_methods=tuple(m.strip() for m in args.rg_methods.split(',') if m.strip()))
+                       practice=args.practice, seed=args.seed, rg_methods=rg)
   result = build.build(inp, design, args.out, size=args.size, title=args.title, display_ms=args.display_ms,
                        gap_ms=args.gap_ms, overwrite=args.overwrite)
   print(f'study {result["study_id"]}: {len(result["trials"])} trials; open {args.out}/page/index.html')
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     run_build(args) if args.command == 'build' else run_score(args)
-  except (BadExampleError, ValueError, OSError) as e:
+  except (ValueError, OSError) as e:  # BadExampleError is a ValueError.
     # One line naming the file at fault, no traceback: these are the user's inputs, not bugs.
     sys.stderr.write(f'study {args.command}: error: {e}\n')
     return 2

@@ -29,7 +29,8 @@ class Design:
     sets: comparison trials of block 'cmp' (needs two methods or more; 0 = no comparison block).
     catch: attention-check trials per block.
     practice: unscored practice trials per block, before its scored ones.
-    rg_methods: the methods whose images block 'rg' shows; () = every method.
+    rg_methods: the methods whose images block 'rg' shows; () = the first method only, as in the paper (its
+      20 generated images among 30 real ones; more methods change the real/generated mix participants see).
     seed: the plan's seed; the same inputs and seed give the same plan.
   """
   real: int = 30
@@ -74,7 +75,7 @@ def select_pairs(pairs: list[tuple[str, str]], n: int, rng: Rng) -> list[int]:
 
 
 def rg_methods(design: Design, methods: list[str]) -> list[str]:
-  chosen = list(design.rg_methods) or list(methods)
+  chosen = list(design.rg_methods) or list(methods[:1])
   unknown = [m for m in chosen if m not in methods]
   if unknown:
     raise ValueError(f'--rg-methods {",".join(unknown)}: not among the --generated methods {", ".join(methods)}')
