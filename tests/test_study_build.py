@@ -182,6 +182,19 @@ def test_cli_build_and_its_errors(folders, tmp_path, capsys):
   assert rc == 2 and 'pass --keypoints' in err and '--pose-from-target' in err
 
 
+def test_missing_keypoints_name_the_pose_file(folders, tmp_path, capsys):
+  data = tmp_path / 'data'
+  shutil.copytree(folders['data'], data)
+  target = deepfashion.read_pairs_txt(folders['pairs'])[0].target
+  pose_file = deepfashion.pose_path(str(data), target)
+  os.remove(pose_file)
+  args = _build_args(folders, str(tmp_path / 's'))
+  args[args.index('--keypoints') + 1] = str(data)
+  rc, err = _cli(capsys, *args)
+  assert (rc, err) == (2, f"study build: error: {pose_file}: field 'pose': pose file not found")
+  assert _cli(capsys, *args, '--skip-missing')[0] == 0
+
+
 def test_missing_generated_image_names_the_method_folder(folders, tmp_path, capsys):
   partial = tmp_path / 'partial'
   shutil.copytree(folders['generated']['PIDM'], partial)

@@ -100,7 +100,7 @@ def build(inputs: inputs_lib.StudyInputs, design: plan.Design, out_dir: str, *, 
     raise ValueError('the comparison block shows the target pose: pass --keypoints (an annotation CSV or a '
                      'PIDM root with pose/) or --pose-from-target (shows the real target image instead), '
                      'or --sets 0')
-  pairs = inputs_lib.resolve_pairs(inputs)
+  pairs = inputs_lib.resolve_pairs(inputs, kpts_fn)
   slots = plan.make_plan([(p.source, p.target) for p in pairs], methods, design, pairs_file=inputs.pairs)
   if size is None:
     size = stimuli.read_rgb(pairs[slots[0]['pair']].generated[methods[0]]).shape[:2]

@@ -89,12 +89,12 @@ def _missing(inputs: StudyInputs, src: str, tgt: str, what: str, folder: str, tr
                          field='image')
 
 
-def resolve_pairs(inputs: StudyInputs) -> list[PairImages]:
-  """Every pair of the pairs file with all its images found, in file order.
+def resolve_pairs(inputs: StudyInputs, kpts_fn=None) -> list[PairImages]:
+  """Every pair of the pairs file with all its images (and target keypoints, given `kpts_fn`), in file order.
 
   Raises:
-    BadExampleError: naming the pairs file, the pair and the folder of the first image that is missing
-      (unless `skip_missing`, which logs how many pairs were dropped instead).
+    BadExampleError: naming the pairs file, the pair and the folder of the first image that is missing, or the
+      keypoint file lacking a target (unless `skip_missing`, which logs how many pairs were dropped instead).
   """
   check_inputs(inputs)
   src_root = inputs.source or inputs.real
@@ -118,6 +118,8 @@ def resolve_pairs(inputs: StudyInputs) -> list[PairImages]:
           raise _missing(inputs, src, tgt, f'generated image of {method!r}', f'--generated {method}={folder}',
                          cands)
         gen[method] = path
+      if kpts_fn is not None:
+        kpts_fn(tgt, inputs.keypoint_frame)  # Any size will do: this only checks the keypoints are there.
     except BadExampleError as e:
       if not inputs.skip_missing:
         raise
