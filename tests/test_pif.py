@@ -239,3 +239,123 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   strips = os.listdir(os.path.join(out, 'rpa_strips'))
   strip = np.asarray(Image.open(os.path.join(out, 'rpa_strips', strips[0])))
   assert strip.shape[1] == (config.rpa.iterations + 3) * (22 + 2) + 2
+
+
+# ----------------------------------------------------------------------------- the reference is the ideal output
+
+def _ideal_hrnet_heat_fn(image_hw, heads):
+  """An 'ideal' two-head estimator: reads 17 (x, y) keypoints from the image's first row and outputs exactly
+  the targets HigherHRNet's trainer renders for them (stride 4 and stride 2), aggregated as hrnet does.
+  Differentiable in the image, so ∇G is the real gradient through a two-head aggregation."""
+  from reposedm_jax.models import hrnet
+  (s4, sig4), (s2, sig2) = heads
+
+  def heat_fn(images):
+    kpts = images[:, 0, :17, :2] * 100.0  # [B, 17, 2] COCO keypoints, pixels
+    maps = {}
+    for name, s, sig in (('heatmaps_s4', s4, sig4), ('heatmaps_s2', s2, sig2)):
+      hw = (-(-image_hw[0] // s), -(-image_hw[1] // s))
+      maps[name] = pif.render_heatmaps(kpts, (hw[0] * s, hw[1] * s), hw, sig)
+    return {'heatmaps': hrnet.aggregate_heatmaps(maps), 'features': maps['heatmaps_s2']}
+
+  return heat_fn
+
+
+def _image_with_kpts(kpts_coco, hw):
+  img = np.zeros((kpts_coco.shape[0],) + hw + (3,), np.float32)
+  img[:, 0, :17, :2] = kpts_coco / 100.0
+  return jnp.asarray(img)
+
+
+def test_G_vanishes_at_the_true_pose_and_grows_with_displacement():
+  hw, heads = (64, 44), ((4, 2.0), (2, 2.0))
+  heat_fn = _ideal_hrnet_heat_fn(hw, heads)
+  rng = np.random.default_rng(7)
+  op = rng.uniform(8, 36, (1, 18, 2)).astype(np.float32)  # OpenPose-18 target keypoints
+  coco = np.asarray(pif.openpose_to_coco(jnp.asarray(op)))
+  ref = pif.reference_heatmaps(jnp.asarray(op), hw, heads)
+  kw = dict(threshold=0.1, reference='heatmaps', target_support=True, normalize='sum')
+  g0, grad0 = pif.guidance_gradient(heat_fn, _image_with_kpts(coco, hw), ref, **kw)
+  assert float(g0[0]) < 1e-9
+  gs, grads = [], []
+  for shift in (0.5, 1, 2, 4, 8):
+    moved = coco.copy()
+    moved[:, 9, 0] += shift  # one wrist moves right
+    g, grad = pif.guidance_gradient(heat_fn, _image_with_kpts(moved, hw), ref, **kw)
+    gs.append(float(g[0]))
+    grads.append(float(jnp.max(jnp.abs(grad))))
+  assert all(b > a for a, b in zip(gs, gs[1:])) and gs[0] > 1e-4, gs
+  # ∇G at the true pose is float32 rounding of the keypoints read back from the image (~1e-4 here), far
+  # below the gradient half a pixel away.
+  assert float(jnp.max(jnp.abs(grad0))) < 1e-2 * grads[0], (float(jnp.max(jnp.abs(grad0))), grads[0])
+  # A one-sigma reference (the old reading) does not vanish at the true pose: the inconsistency fixed here.
+  old = pif.render_heatmaps(jnp.asarray(coco), hw, (32, 22), 2.0)
+  assert float(pif.g_phi(heat_fn(_image_with_kpts(coco, hw)), old, **kw)[0]) > 1e-2
+
+
+def test_area_normalisation_divides_the_sum():
+  rng = np.random.default_rng(8)
+  pred = {'heatmaps': jnp.asarray(rng.uniform(0, 1, (2, 8, 6, 17)), jnp.float32)}
+  ref = jnp.asarray(rng.uniform(0, 1, (2, 8, 6, 17)), jnp.float32)
+  kw = dict(threshold=0.1, reference='heatmaps', target_support=True)
+  np.testing.assert_allclose(np.asarray(pif.g_phi(pred, ref, normalize='area', **kw)) * 48,
+                             np.asarray(pif.g_phi(pred, ref, normalize='sum', **kw)), rtol=1e-6)
+
+
+def test_eq16_has_its_three_terms_and_w1_s0_is_the_conditional_prediction():
+  rng = np.random.default_rng(9)
+  eu, ec, g = (jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32) for _ in range(3))
+  acp = jnp.float32(0.36)
+  got = pif.eq16(eu, ec, g, acp, w_c=2.0, s=3.0)
+  want = np.float64(eu) + 2.0 * (np.float64(ec) - np.float64(eu)) + 2.0 * 3.0 * 0.8 * np.float64(g)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(pif.eq16(eu, ec, g, acp, w_c=1.0, s=0.0)), np.asarray(ec))
+
+
+def test_sampling_window_turns_guidance_off_above_t_max():
+  config = full_config(scale=5.0)
+  config.pif.sample_t_max = 400
+  heat_fn = _toy_heat_fn()
+  x, _ = _toy_train_inputs(b=2)
+  kpts = jnp.asarray(np.random.default_rng(3).uniform(0, 12, (2, 18, 2)), jnp.float32)
+  corr = pif.sampling_correction(config.pif, heat_fn, guide.reference_heads(config), linear_schedule(1000), kpts,
+                                 2.0)
+  eps = jnp.zeros_like(x)
+  assert float(jnp.max(jnp.abs(corr(x, jnp.int32(800), eps, x)))) == 0.0
+  assert float(jnp.max(jnp.abs(corr(x, jnp.int32(300), eps, x)))) > 0.0
+
+
+def test_penalty_mode_adds_a_loss_whose_gradient_reaches_theta():
+  config = full_config(scale=5.0)
+  config.pif.train_mode, config.pif.train_fraction, config.pif.penalty_weight = 'penalty', 1.0, 0.5
+  heat_fn, heads = _toy_heat_fn(), guide.reference_heads(config)
+  x_t, batch = _toy_train_inputs(b=2)
+  t, sched = jnp.asarray([200, 300]), linear_schedule(1000)
+
+  def extra(theta):
+    out = jnp.concatenate([theta * x_t, jnp.zeros_like(x_t)], -1)
+    new, loss, _ = pif.train_terms(config.pif, heat_fn, heads, out, sched=sched, x_t=x_t, t=t,
+                                   noise=jnp.zeros_like(x_t), batch=batch)
+    return loss, new - out
+
+  theta = jnp.float32(0.3)
+  loss, delta = extra(theta)
+  assert float(loss) > 0 and float(jnp.max(jnp.abs(delta))) == 0.0  # the prediction itself is untouched
+  assert abs(float(jax.grad(lambda th: extra(th)[0])(theta))) > 0
+
+
+@pytest.mark.parametrize('mode', ['off', 'literal', 'penalty'])
+def test_each_training_mode_runs_in_the_sharded_train_step(mode):
+  config = full_config(scale=2.0)
+  config.pif.train_mode = mode
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
+  model = factory.build_model(config)
+  tx = train.make_optimizer(config)
+  state = train.init_state(model, tx, config, jax.random.key(0))
+  state['guide'] = guide.load_guide_variables(config, '')
+  repl = sharding.replicated(mesh)
+  state = jax.device_put(state, repl)
+  step = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, jax.tree.map(lambda _: repl, state))
+  _, m = step(state, sharding.global_batch(batch_with_kpts(config), mesh), jax.random.key(1))
+  assert np.isfinite(float(m['loss']))
+  assert ('pif_g' in m) == (mode != 'off')

@@ -2,16 +2,16 @@
 
 Reading implemented (DESIGN.md, "Readings of the paper"; WORKSPACE.md):
   F_T = E_pose(P)                        target-pose features at 1/ds resolution      [B, h, w, D]
-  F_S^n = E_src(warp(I_S, F^n))          source re-encoded after each warp            [B, h, w, D]
-  (F_T', F_S') = MapFormer(F_T, F_S^n)   local-window self/cross attention, eq. 5-6
-  C = corr(F_T', F_S', R)                local correlation volume, eq. 7              [B, h, w, (2R+1)^2]
+  F_S^n = E_src(warp(I_S, F^n))          source re-encoded after each warp, eq. 9     [B, h, w, D]
+  (F_T', F_S') = MapFormer(F_T, F_S^n)   local-window self/cross attention, eq. 5
+  C = corr(F_T', F_S', R)                local correlation volume, eq. 6              [B, h, w, (2R+1)^2]
   dF = Agg([C | F_T'])                   2 convs + max-pool, upsampled back, eq. 8    [B, h, w, 2]
-  F^{n+1}(x) = dF(x) + F^n(x + dF(x))    composition of warps, eq. 9
+  F^{n+1}(x) = dF(x) + F^n(x + dF(x))    composition of warps (the accumulator), eq. 7
 Flows are dense (dx, dy) fields in pixels of the 1/ds feature map, applied to the image after a
 bilinear upsampling (values scaled by the resolution ratio). Starting from the identity flow
 F = 0, the first update is exactly the paper's F^0 = M(F_T, F_S); N further updates follow.
-The output is the source warped by the final flow; the U-Net's source encoder re-encodes it
-into the feature pyramid its cross-attention reads (F_S^N).
+The output is the source warped by the final flow (and the flow); models/b2.py decides how the U-Net
+receives it (models/aligned.py).
 """
 
 import math

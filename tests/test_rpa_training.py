@@ -1,0 +1,86 @@
+"""RPA training: the person / in-frame masks of the auxiliary loss, and the pre-train-then-freeze phases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from reposedm_jax import rpa_training, sharding, train
+from reposedm_jax.diffusion.schedule import linear_schedule
+from reposedm_jax.models import factory
+from tests.test_train import random_batch, tiny_config
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def test_person_mask_is_the_union_of_limb_capsules():
+  kpts = -np.ones((1, 18, 2), np.float32)
+  kpts[0, 1] = (10, 5)   # neck
+  kpts[0, 8] = (10, 25)  # right hip: only limb (1, 8) has both ends
+  mask = np.asarray(rpa_training.person_mask(jnp.asarray(kpts), (32, 22), 2.0))[0, :, :, 0]
+  ys, xs = np.mgrid[0:32, 0:22].astype(np.float64)
+  t = np.clip((ys - 5) / 20, 0, 1)
+  want = np.hypot(xs - 10, ys - (5 + 20 * t)) <= 2.0  # float64 distance to the segment
+  np.testing.assert_array_equal(mask.astype(bool), want)
+
+
+def test_aux_loss_counts_only_the_weighted_pixels_of_kept_rows():
+  class R:
+    aux_region, aux_person_radius, aux_in_frame = 'all', 0.06, True
+  target = jnp.zeros((2, 4, 4, 3))
+  warped = jnp.ones((2, 4, 4, 3))
+  valid = jnp.zeros((2, 4, 4, 1)).at[:, :2].set(1.0)
+  warped = warped.at[:, 2:].set(5.0)  # outside the frame: not counted
+  got = rpa_training.aux_loss(R, warped, valid, target, jnp.zeros((2, 18, 2)), jnp.asarray([1.0, 0.0]))
+  assert float(got) == pytest.approx(1.0)
+
+
+def _b2_config(pretrain, mult):
+  config = tiny_config()
+  config.variant = 'b2'
+  config.rpa.dim, config.rpa.ds, config.rpa.heads, config.rpa.windows = 16, 4, 2, (3,)
+  config.rpa.radius, config.rpa.iterations = 1, 1
+  config.rpa.pretrain_steps, config.rpa.lr_mult_after_pretrain = pretrain, mult
+  return config
+
+
+def test_pretraining_moves_only_rpa_then_freezes_it():
+  config = _b2_config(pretrain=2, mult=0.0)
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
+  model = factory.build_model(config)
+  tx = train.make_optimizer(config)
+  repl = sharding.replicated(mesh)
+  state = jax.device_put(train.init_state(model, tx, config, jax.random.key(0)), repl)
+  shard = jax.tree.map(lambda _: repl, state)
+  pre = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard, pretrain=True)
+  full = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard)
+  batch = sharding.global_batch(random_batch(config), mesh)
+  start = jax.device_get(state['params'])
+  for _ in range(2):
+    state, m = pre(state, batch, jax.random.key(1))
+  after_pre = jax.device_get(state['params'])
+  assert float(m['rpa_l1']) > 0
+  jax.tree.map(np.testing.assert_array_equal, after_pre['unet'], start['unet'])
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(after_pre['rpa']), jax.tree.leaves(start['rpa'])))
+  state, _ = full(state, batch, jax.random.key(1))
+  after = jax.device_get(state['params'])
+  jax.tree.map(np.testing.assert_array_equal, after['rpa'], after_pre['rpa'])  # frozen (lr x 0)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(after['unet']), jax.tree.leaves(after_pre['unet'])))
+
+
+def test_the_unet_optimizer_starts_at_step_k_as_if_fresh():
+  """Adam's count of the U-Net starts at the end of pre-training: its first update equals a fresh one."""
+  config = _b2_config(pretrain=3, mult=1.0)
+  plain = _b2_config(pretrain=0, mult=1.0)
+  params = factory.init_params(factory.build_model(config), config, jax.random.key(0))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+  tx, tx_plain = train.make_optimizer(config), train.make_optimizer(plain)
+  s = tx.init(params)
+  zero = jax.tree.map(jnp.zeros_like, grads)
+  for _ in range(3):
+    _, s = tx.update(zero, s, params)
+  u, _ = tx.update(grads, s, params)
+  u_plain, _ = tx_plain.update(grads, tx_plain.init(params), params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
+               u['unet'], u_plain['unet'])
