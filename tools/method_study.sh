@@ -16,9 +16,11 @@ test -f runs/val_data/test_pairs.txt || $PY -m reposedm_jax.data.synthetic --out
 run() {  # name, config arg, extra overrides...
   local name=$1 cfg=$2; shift 2
   local wd=$OUT/$name
-  test -f $wd/train_summary.json || $M --config=configs/demo.py:$cfg --workdir=$wd --config.train.sample_every=100000 "$@"
+  # Always (re)run training: it resumes from the workdir's checkpoint and returns at once when complete
+  # (train_summary.json also exists after a preemption, so it is not a completion marker).
+  $M --config=configs/demo.py:$cfg --workdir=$wd --config.train.sample_every=100000 "$@" || return 1
   test -f $wd/samples/manifest_p0.jsonl || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=sample $VAL \
-    --config.sample.rpa_strips=False "$@"
+    --config.sample.rpa_strips=False "$@" || return 1
   test -f $wd/eval/metrics.json || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=eval $VAL \
     "--config.eval.pose_judges=()" --config.eval.fid_reference=test_targets "$@"
 }
