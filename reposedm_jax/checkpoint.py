@@ -6,11 +6,14 @@ Resume order (STYLE.md): the workdir's latest checkpoint, else `config.init_from
 
 import logging
 import os
+import signal
 
 from flax import traverse_util
 import grain.python as pygrain
 import jax
 import orbax.checkpoint as ocp
+
+from reposedm_jax import logs
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -24,6 +27,34 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None) -> No
   if data_iter is not None:
     items['data'] = pygrain.PyGrainCheckpointSave(data_iter)
   manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def finish(manager: ocp.CheckpointManager, step: int, state, data_iter=None, stopped: bool = False) -> None:
+  """End of a training loop: saves `step` unless it is saved already, waits for the writes, closes the manager."""
+  if manager.latest_step() != step:
+    save(manager, step, state, data_iter)
+  manager.wait_until_finished()
+  manager.close()
+  if stopped:
+    logs.log_line(f'Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.')
+
+
+class StopFlag:
+  """Set by SIGTERM/SIGINT; a training loop checks it after each step, saves and exits cleanly."""
+
+  def __init__(self):
+    self.stop = False
+    self._old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handler)
+
+  def _handler(self, signum, frame):
+    logging.warning('Received signal %d: checkpointing and exiting.', signum)
+    self.stop = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=None):
@@ -86,9 +117,12 @@ def load_params(path: str, abstract_params, fresh_params=None):
   return traverse_util.unflatten_dict(flat)
 
 
-def save_params(path: str, params) -> None:
+def save_params(path: str, params) -> str:
+  """Writes a params pytree (what `load_params` and converters read) to `path`, replacing it; returns it absolute."""
+  path = os.path.abspath(path)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(path), params, force=True)
+    ckptr.save(path, params, force=True)
+  return path
 
 
 def abstract_like(tree):

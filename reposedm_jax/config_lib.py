@@ -1,16 +1,23 @@
-"""Start-up validation of a config, with messages that say which key to change and how."""
+"""Start-up validation of a config, with messages that say which key to change and how.
+
+The one place allowed values are checked: each vocabulary comes from the module that acts on it
+(pif.TRAIN_MODES, metrics.ssim.VARIANTS, ...). `validate_eval` (config.eval alone) also serves the
+evaluation CLI, whose config is not a run's.
+"""
 
 import json
 import os
 
 import jax
 
-from reposedm_jax import pif, rpa_training
-from reposedm_jax.models import aligned
+from reposedm_jax import pif, pose_estimator, rpa_training, sample
+from reposedm_jax.data import dataset, deepfashion, errors
+from reposedm_jax.evaluation import fid as eval_fid
+from reposedm_jax.metrics import lpips, pose_accuracy, ssim
+from reposedm_jax.models import aligned, factory, hrnet, layers, unet
 
+# config.mode: the job main.py runs.
 MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose')
-SAMPLERS = ('ddim', 'ddpm')
-SSIM_VARIANTS = ('gaussian', 'pidm_win51', 'pidm_gauss12')
 
 
 class ConfigError(ValueError):
@@ -26,12 +33,13 @@ def validate(config) -> None:
   """Raises ConfigError listing every problem found (not just the first)."""
   p: list[str] = []
   _check(config.mode in MODES, f'config.mode={config.mode!r} must be one of {MODES}', p)
-  _check(config.variant in ('b1', 'b2', 'full'),
-         f"config.variant={config.variant!r}: this build provides 'b1', 'b2', 'full'", p)
+  _check(config.variant in factory.VARIANTS,
+         f'config.variant={config.variant!r}: this build provides {factory.VARIANTS}', p)
   f = config.pif
-  _check(f.estimator in ('hrnet', 'toy'), f"pif.estimator={f.estimator!r} must be 'hrnet' or 'toy'", p)
-  _check(f.reference in ('heatmaps', 'features'), f"pif.reference={f.reference!r} must be heatmaps|features", p)
-  _check(f.source in ('x0', 'residual'), f"pif.source={f.source!r} must be x0|residual", p)
+  _check(f.estimator in pose_estimator.ESTIMATORS,
+         f'pif.estimator={f.estimator!r} must be one of {pose_estimator.ESTIMATORS}', p)
+  _check(f.reference in pif.REFERENCES, f'pif.reference={f.reference!r} must be one of {pif.REFERENCES}', p)
+  _check(f.source in pif.SOURCES, f'pif.source={f.source!r} must be one of {pif.SOURCES}', p)
   _check(0 < f.train_fraction <= 1, f'pif.train_fraction={f.train_fraction} must be in (0, 1]', p)
   _check(f.train_mode in pif.TRAIN_MODES, f'pif.train_mode={f.train_mode!r} must be one of {pif.TRAIN_MODES}', p)
   _check(f.normalize in pif.NORMALIZE, f'pif.normalize={f.normalize!r} must be one of {pif.NORMALIZE}', p)
@@ -46,9 +54,11 @@ def validate(config) -> None:
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
   _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)
   d = config.data
-  _check(d.format in ('pidm', 'patn', 'tfds'), f"config.data.format={d.format!r} must be pidm|patn|tfds", p)
-  _check(d.image_source in ('folder', 'lmdb'), f"config.data.image_source={d.image_source!r} must be folder|lmdb", p)
-  _check(d.on_bad_example in ('error', 'skip'), f"config.data.on_bad_example={d.on_bad_example!r} must be error|skip", p)
+  _check(d.format in dataset.FORMATS, f'config.data.format={d.format!r} must be one of {dataset.FORMATS}', p)
+  _check(d.image_source in deepfashion.IMAGE_SOURCES,
+         f'config.data.image_source={d.image_source!r} must be one of {deepfashion.IMAGE_SOURCES}', p)
+  _check(d.on_bad_example in errors.ON_BAD_EXAMPLE,
+         f'config.data.on_bad_example={d.on_bad_example!r} must be one of {errors.ON_BAD_EXAMPLE}', p)
   if d.format == 'tfds':
     _check(bool(d.tfds_dir) and os.path.isdir(d.tfds_dir),
            f'config.data.tfds_dir={d.tfds_dir!r} is not a directory (run --config.mode=prepare first)', p)
@@ -70,7 +80,10 @@ def validate(config) -> None:
     _check(ds & (ds - 1) == 0 and ds <= 2 ** (levels - 1),
            f'model.attention_ds entry {ds} must be a power of two <= {2 ** (levels - 1)} '
            f'(the deepest level of channel_mult={tuple(m.channel_mult)})', p)
-  _check(m.dtype in ('float32', 'bfloat16'), f"model.dtype={m.dtype!r} must be 'float32' or 'bfloat16'", p)
+  _check(m.dtype in unet.DTYPES, f'model.dtype={m.dtype!r} must be one of {unet.DTYPES}', p)
+  _check(m.attention in layers.ATTENTION_IMPLS,
+         f'model.attention={m.attention!r} must be one of {layers.ATTENTION_IMPLS}', p)
+  _check(m.remat in layers.REMAT_POLICIES, f'model.remat={m.remat!r} must be one of {tuple(layers.REMAT_POLICIES)}', p)
   t = config.train
   n_dev = jax.device_count()
   per_pair = 2 if d.both_directions else 1
@@ -83,19 +96,10 @@ def validate(config) -> None:
   for key in ('log_every', 'ckpt_every', 'sample_every', 'num_steps'):
     _check(t[key] > 0, f'train.{key} must be positive', p)
   s = config.sample
-  _check(s.sampler in SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {SAMPLERS}', p)
+  _check(s.sampler in sample.SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {sample.SAMPLERS}', p)
   _check(s.batch_size % n_dev == 0, f'sample.batch_size={s.batch_size} must be divisible by {n_dev} devices', p)
   _check(0 < s.num_steps <= config.diffusion.timesteps, 'sample.num_steps must be in [1, diffusion.timesteps]', p)
-  e = config.eval
-  _check(e.ssim_variant in SSIM_VARIANTS, f'eval.ssim_variant must be one of {SSIM_VARIANTS}', p)
-  bad = [v for v in e.ssim_variants if v not in SSIM_VARIANTS]
-  _check(not bad, f'eval.ssim_variants has {bad}; each must be one of {SSIM_VARIANTS}', p)
-  _check(e.protocol in ('standard', 'pidm'), f"eval.protocol={e.protocol!r} must be 'standard' or 'pidm'", p)
-  _check(e.fid_reference in ('test_targets', 'train_images'),
-         f"eval.fid_reference={e.fid_reference!r} must be 'test_targets' or 'train_images'", p)
-  _check(e.lpips_net in ('alex', 'vgg'), f"eval.lpips_net={e.lpips_net!r} must be 'alex' or 'vgg'", p)
-  bad = [j for j in e.pose_judges if j not in ('hrnet', 'mediapipe')]
-  _check(not bad, f"eval.pose_judges has {bad}; each must be 'hrnet' or 'mediapipe'", p)
+  p += eval_problems(config.eval)
   if config.init_from:
     _check(os.path.exists(config.init_from), f'config.init_from={config.init_from!r} does not exist', p)
   _validate_pose(config, n_dev, p)
@@ -103,11 +107,36 @@ def validate(config) -> None:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(p))
 
 
+def eval_problems(e) -> list[str]:
+  """What is wrong with config.eval (`e`), one readable line each."""
+  p: list[str] = []
+  _check(e.protocol in eval_fid.PROTOCOLS, f'eval.protocol={e.protocol!r} must be one of {eval_fid.PROTOCOLS}', p)
+  known = sorted(ssim.VARIANTS)
+  _check(e.ssim_variant in ssim.VARIANTS, f'eval.ssim_variant={e.ssim_variant!r} must be one of {known}', p)
+  bad = [v for v in e.ssim_variants if v not in ssim.VARIANTS]
+  if bad:
+    p.append(f'eval.ssim_variants has {bad}: unknown SSIM variant {bad[0]!r}; known: {known}')
+  _check(e.fid_reference in eval_fid.FID_REFERENCES,
+         f"eval.fid_reference={e.fid_reference!r} must be one of {eval_fid.FID_REFERENCES} ('' = no FID)", p)
+  _check(e.lpips_net in ('',) + lpips.NETS, f"eval.lpips_net={e.lpips_net!r} must be one of {lpips.NETS} or ''", p)
+  judges = sorted(pose_accuracy.JUDGE_FACTORIES)
+  bad = [j for j in e.pose_judges if j not in pose_accuracy.JUDGE_FACTORIES]
+  _check(not bad, f'eval.pose_judges has {bad}; each must be one of {judges}', p)
+  _check(e.batch_size >= 1, f'eval.batch_size={e.batch_size} must be positive', p)
+  return p
+
+
+def validate_eval(eval_cfg) -> None:
+  """Raises ConfigError listing every problem of config.eval (the evaluation CLI's check; validate runs it too)."""
+  p = eval_problems(eval_cfg)
+  if p:
+    raise ConfigError('Invalid eval config:\n  - ' + '\n  - '.join(p))
+
+
 def _validate_pose(config, n_dev: int, p: list[str]) -> None:
   """config.pose: the HigherHRNet estimator and its trainer (mode=train_pose)."""
-  from reposedm_jax.models.hrnet import PRESETS  # pylint: disable=import-outside-toplevel
   q = config.pose
-  _check(q.arch in PRESETS, f'pose.arch={q.arch!r} must be one of {sorted(PRESETS)}', p)
+  _check(q.arch in hrnet.PRESETS, f'pose.arch={q.arch!r} must be one of {sorted(hrnet.PRESETS)}', p)
   _check(q.sigma > 0 and q.sigma_s4 > 0, 'pose.sigma and pose.sigma_s4 must be positive', p)
   for key in ('checkpoint', 'init_from'):
     if q[key]:

@@ -75,3 +75,11 @@ def log_line(msg: str) -> None:
   if jax.process_index() == 0:
     logging.info(msg)
     print(msg, flush=True)
+
+
+def fetch_metrics(metrics: dict, step: int, what: str = 'metrics') -> dict:
+  """The step's device metrics as floats (fetched once per log interval); FloatingPointError if any is not finite."""
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not all(np.isfinite(v) for v in values.values()):
+    raise FloatingPointError(f'Non-finite {what} at step {step}: {values}')
+  return values

@@ -17,6 +17,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, sam
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+# Each mode imports only its own job (a function-local import, the package's one exception).
 def main(argv):
   del argv
   sharding.maybe_initialize_distributed()
@@ -31,8 +32,8 @@ def main(argv):
     from reposedm_jax import sample
     sample.run_sample(config, workdir)
   elif config.mode == 'eval':
-    from reposedm_jax import evaluate
-    evaluate.run_eval(config, workdir)
+    from reposedm_jax.evaluation import engine
+    engine.run_eval(config, workdir)
   elif config.mode == 'train_pose':
     from reposedm_jax import pose_train
     pose_train.train_pose(config, workdir)

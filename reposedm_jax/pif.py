@@ -28,16 +28,11 @@ from typing import Callable, Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from reposedm_jax.data.keypoints import OPENPOSE_TO_COCO
+from reposedm_jax.data.keypoints import openpose_to_coco
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.models import hrnet
 
 HeatFn = Callable[[jax.Array], Dict[str, jax.Array]]
-
-
-def openpose_to_coco(kpts_bk2: jax.Array) -> jax.Array:
-  """[B, 18, 2] OpenPose keypoints -> [B, 17, 2] COCO keypoints (jnp; -1 stays -1)."""
-  return kpts_bk2[:, jnp.asarray(OPENPOSE_TO_COCO)]
 
 
 def render_heatmaps(kpts_xy: jax.Array, image_hw, out_hw, sigma: float) -> jax.Array:

@@ -15,7 +15,6 @@ see convert/hrnet.py) and `pose_eval.json` (held-out PCK and mean error on the t
 
 import functools
 import json
-import logging
 import os
 
 import jax
@@ -23,13 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reposedm_jax import checkpoint, logs, pif, sharding
+from reposedm_jax import checkpoint, logs, pif, sharding, train_state
 from reposedm_jax.convert import hrnet as hrnet_convert
 from reposedm_jax.data import dataset, pipeline
 from reposedm_jax.data.keypoints import openpose_to_coco
 from reposedm_jax.metrics.pose_accuracy import pose_accuracy
 from reposedm_jax.models import hrnet
-from reposedm_jax.train import StopFlag
 
 
 # ----------------------------------------------------------------------------- batches, targets, loss
@@ -54,21 +52,7 @@ def heatmap_loss(pred: jax.Array, kpts: jax.Array, stride: int, sigma: float) ->
   return jnp.sum(err * present) / jnp.maximum(jnp.sum(present), 1.0)
 
 
-# ----------------------------------------------------------------------------- optimizer, state, step
-
-def make_optimizer(pcfg) -> optax.GradientTransformation:
-  lr = optax.warmup_cosine_decay_schedule(0.0, pcfg.lr, max(pcfg.warmup_steps, 1),
-                                          max(pcfg.num_steps, pcfg.warmup_steps + 1), pcfg.lr * pcfg.final_lr_frac)
-  parts = [optax.clip_by_global_norm(pcfg.grad_clip)] if pcfg.grad_clip > 0 else []
-  parts.append(optax.adamw(lr, weight_decay=pcfg.weight_decay))
-  return optax.chain(*parts)
-
-
-def init_state(module, tx, rng):
-  variables = hrnet.init_variables(module, rng)
-  return {'params': variables['params'], 'batch_stats': variables['batch_stats'],
-          'opt_state': tx.init(variables['params']), 'step': jnp.zeros((), jnp.int32)}
-
+# ----------------------------------------------------------------------------- the step
 
 def train_step(state, batch, *, module, tx, pcfg):
   """One AdamW step on {'images', 'kpts'}; BatchNorm in training mode (batch statistics over the global batch)."""
@@ -130,53 +114,6 @@ def evaluate_estimator(predict, variables, data_cfg, split, pcfg) -> dict:
   return out
 
 
-# ----------------------------------------------------------------------------- loading an estimator
-
-def _restore_run_variables(pose_dir: str):
-  """{'params', 'batch_stats'} of the latest train_pose checkpoint in pose_dir/checkpoints, or None."""
-  ckpt_dir = os.path.join(pose_dir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    return None
-  manager = checkpoint.make_manager(pose_dir, 1)
-  step = manager.latest_step()
-  if step is None:
-    return None
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  manager.close()
-  logging.info('Pose estimator from %s step %d', ckpt_dir, step)
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}
-
-
-def load_pose_estimator(config, workdir_or_dir: str):
-  """The frozen estimator: (variables {'params', 'batch_stats'} as jax arrays, HigherHRNet module).
-
-  Looks, in order, at `config.pose.checkpoint` if set, else `workdir_or_dir`; each may be a train_pose
-  dir (<workdir>/pose: its latest checkpoint, else its exported `variables`), a converted official
-  checkpoint dir, or a workdir holding pose/. The weights must match `config.pose.arch` exactly.
-  Apply with `module.apply(variables, images, train=False)`.
-  """
-  module = hrnet.build_hrnet(config.pose)
-  root = config.pose.checkpoint or workdir_or_dir
-  candidates = [root, os.path.join(root, 'pose')]
-  for path in candidates:
-    variables = _restore_run_variables(path)
-    if variables is None and os.path.isdir(os.path.join(path, hrnet_convert.VARIABLES_DIR)):
-      variables, meta = hrnet_convert.load_hrnet(path)
-      if meta.get('arch') not in (None, config.pose.arch):
-        raise ValueError(f'{path} holds a {meta["arch"]!r} HigherHRNet but config.pose.arch='
-                         f'{config.pose.arch!r}; pass --config.pose.arch={meta["arch"]}')
-      if meta.get('not_filled'):
-        raise ValueError(f'{path} is a partial (backbone-only) conversion ({len(meta["not_filled"])} head '
-                         'parameters missing): use it as --config.pose.init_from and train with mode=train_pose')
-    if variables is not None:
-      hrnet_convert.check_variables(variables, hrnet.variable_shapes(module), source=path)
-      return jax.tree.map(jnp.asarray, variables), module
-  raise FileNotFoundError(
-      f'no pose estimator in {" or ".join(repr(c) for c in candidates)}: expected checkpoints/ from '
-      f'--config.mode=train_pose or {hrnet_convert.VARIABLES_DIR}/ from `python -m reposedm_jax.convert hrnet`')
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def _pose_data_config(data_cfg):
@@ -201,10 +138,10 @@ def train_pose(config, workdir: str) -> dict:
 
   # --- Model & optimizer
   module = hrnet.build_hrnet(pcfg)
-  tx = make_optimizer(pcfg)
+  tx = train_state.make_pose_optimizer(pcfg)
   init_rng = jax.random.key(config.seed)
   repl = sharding.replicated(mesh)
-  abstract = jax.eval_shape(lambda r: init_state(module, tx, r), init_rng)
+  abstract = jax.eval_shape(lambda r: train_state.init_pose_state(module, tx, r), init_rng)
   state_sharding = jax.tree.map(lambda _: repl, abstract)
 
   # --- Load checkpoint (pose dir > pose.init_from > scratch)
@@ -212,7 +149,7 @@ def train_pose(config, workdir: str) -> dict:
   abstract_sharded = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   state = checkpoint.restore_latest(manager, abstract_sharded, data_iter)
   if state is None:
-    state = jax.jit(lambda r: init_state(module, tx, r), out_shardings=state_sharding)(init_rng)
+    state = jax.jit(lambda r: train_state.init_pose_state(module, tx, r), out_shardings=state_sharding)(init_rng)
     if pcfg.init_from:
       loaded, _ = hrnet_convert.load_hrnet(pcfg.init_from)
       variables, not_filled = hrnet_convert.fill_variables(
@@ -229,7 +166,7 @@ def train_pose(config, workdir: str) -> dict:
   predict = make_predict_fn(module)
   writer = logs.MetricWriter(pose_dir)
   progress = logs.Progress(pcfg.num_steps, first_step)
-  stop = StopFlag()
+  stop = checkpoint.StopFlag()
   last = {}
 
   # --- Train loop
@@ -240,9 +177,7 @@ def train_pose(config, workdir: str) -> dict:
       state, metrics = step_fn(state, batch)
       step += 1
       if step % pcfg.log_every == 0 or step == pcfg.num_steps:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(np.isfinite(v) for v in last.values()):
-          raise FloatingPointError(f'Non-finite pose-training metrics at step {step}: {last}')
+        last = logs.fetch_metrics(metrics, step, 'pose-training metrics')
         rate = progress.rate(step)
         writer.scalars(step, {**last, 'steps_per_sec': rate})
         logs.log_line(progress.line(step, rate, loss=last['loss']))
@@ -254,16 +189,11 @@ def train_pose(config, workdir: str) -> dict:
         checkpoint.save(manager, step, state, data_iter)
   finally:
     stop.restore()
-  if manager.latest_step() != step:
-    checkpoint.save(manager, step, state, data_iter)
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.finish(manager, step, state, data_iter, stopped=stop.stop)
 
   # --- Export and final held-out evaluation
   result = {'step': step, 'preempted': stop.stop, 'train_metrics': last}
-  if stop.stop:
-    logs.log_line(f'Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.')
-  else:
+  if not stop.stop:
     variables = _variables(state)
     acc = evaluate_estimator(predict, variables, config.data, test_split, pcfg)
     writer.scalars(step, {f'heldout/{k}': v for k, v in acc.items()})

@@ -14,11 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from reposedm_jax import guide, logs, pif, sharding, visualize
+from reposedm_jax import checkpoint, logs, pif, pose_estimator, sharding, train_state, visualize
 from reposedm_jax.data import dataset, names, pipeline
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
 from reposedm_jax.models import factory
+
+# config.sample.sampler: DDIM over sample.num_steps, or DDPM on a respaced schedule of num_steps steps.
+SAMPLERS = ('ddim', 'ddpm')
 
 
 def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_steps):
@@ -48,11 +51,11 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   elif scfg.sampler == 'ddpm':
     s = respace(sched, ddim_timesteps(sched.num_timesteps, num_steps))
   else:
-    raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {scfg.sampler!r}")
+    raise ValueError(f'sample.sampler must be one of {SAMPLERS}, got {scfg.sampler!r}')
   correction = None
   if guide_vars is not None:
-    correction = pif.sampling_correction(config.pif, guide.make_heat_fn(config, guide_vars),
-                                         guide.reference_heads(config), s, batch['tgt_kpts'],
+    correction = pif.sampling_correction(config.pif, pose_estimator.make_heat_fn(config, guide_vars),
+                                         pose_estimator.reference_heads(config), s, batch['tgt_kpts'],
                                          scfg.guidance_scale)
   if scfg.sampler == 'ddim':
     return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, rng=k_loop,
@@ -82,11 +85,10 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
 
 def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
   """EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`."""
-  from reposedm_jax import checkpoint, train  # Local import: train imports this module.
   model = factory.build_model(config)
-  tx = train.make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  abstract = train.abstract_state(model, tx, config, init_rng, guide_vars)
+  abstract = train_state.abstract_state(model, tx, config, init_rng, guide_vars)
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
@@ -103,7 +105,7 @@ def run_sample(config, workdir: str) -> str:
   """Generates the test pairs (first `sample.num`, -1 = all); returns the output directory."""
   scfg = config.sample
   mesh = sharding.make_mesh(config.mesh)
-  guide_vars = guide.load_guide_variables(config, workdir) if config.variant == 'full' else None
+  guide_vars = pose_estimator.load_guide_variables(config, workdir) if config.variant == 'full' else None
   model, params, step = load_sampling_params(config, workdir, mesh, guide_vars)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
   sampler = make_sampler(model, sched, config, mesh, scfg.num_steps, guide_vars=guide_vars)

@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import time
 
 import jax
@@ -17,48 +16,12 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from reposedm_jax import checkpoint, guide, logs, pif, rpa_training, sharding, visualize
+from reposedm_jax import checkpoint, logs, pif, pose_estimator, rpa_training, sharding, train_state, visualize
+from reposedm_jax import sample as sample_lib
 from reposedm_jax.data import dataset, pipeline
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
-from reposedm_jax import sample as sample_lib
-
-
-# ----------------------------------------------------------------------------- optimizer & state
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with PIDM's linear warm-up (from lr * warmup_init_frac) then a flat lr, and global-norm clipping.
-
-  Runs with RPA pre-training (rpa.pretrain_steps > 0) optimise RPA and the rest apart (rpa_training.py).
-  """
-  tcfg = config.train
-  lr = optax.join_schedules(
-      [optax.linear_schedule(tcfg.lr * tcfg.warmup_init_frac, tcfg.lr, max(tcfg.warmup_steps, 1)),
-       optax.constant_schedule(tcfg.lr)], [tcfg.warmup_steps])
-  parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
-  parts.append(optax.adamw(lr, b1=tcfg.b1, b2=tcfg.b2, weight_decay=tcfg.weight_decay))
-  return rpa_training.phased_optimizer(optax.chain(*parts), config)
-
-
-def learning_rate(tcfg, step):
-  frac = jnp.clip(step / max(tcfg.warmup_steps, 1), 0.0, 1.0)
-  return tcfg.lr * (tcfg.warmup_init_frac + (1 - tcfg.warmup_init_frac) * frac)
-
-
-def init_state(model, tx, config, rng):
-  params = factory.init_params(model, config, rng)
-  # The EMA must own its buffers: the step donates the state, and aliased leaves cannot be donated twice.
-  return {'params': params, 'opt_state': tx.init(params), 'ema_params': jax.tree.map(jnp.copy, params),
-          'step': jnp.zeros((), jnp.int32)}
-
-
-def abstract_state(model, tx, config, rng, guide_vars=None):
-  """Shapes/dtypes of the train state (what checkpoints hold); variant full adds the frozen 'guide'."""
-  abstract = jax.eval_shape(lambda r: init_state(model, tx, config, r), rng)
-  if guide_vars is not None:
-    abstract = {**abstract, 'guide': jax.eval_shape(lambda: guide_vars)}
-  return abstract
 
 
 # ----------------------------------------------------------------------------- update step
@@ -91,14 +54,14 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
 
   # RePoseDM (variant full): the frozen estimator rides in the state (checkpointed, never updated).
   guided = config.variant == 'full' and config.pif.train_mode != 'off'
-  heat_fn = guide.make_heat_fn(config, state['guide']) if guided else None
+  heat_fn = pose_estimator.make_heat_fn(config, state['guide']) if guided else None
 
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
                              rngs={'dropout': k_dropout}, mutable=['intermediates'])
     pif_terms, pif_loss = {}, 0.0
     if heat_fn is not None:  # pif.train_mode: 'literal' (eq. 15 in the loss) or 'penalty' (λ·G into θ).
-      out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, guide.reference_heads(config),
+      out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config),
                                                  out.astype(jnp.float32), sched=sched, x_t=x_t, t=t,
                                                  noise=noise, batch=batch)
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
@@ -120,7 +83,7 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state['ema_params'], params)
   metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
              'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
-             'update_norm': optax.tree.norm(updates), 'lr': learning_rate(tcfg, step)}
+             'update_norm': optax.tree.norm(updates), 'lr': train_state.learning_rate(tcfg, step)}
   metrics.update({k: terms[k] for k in ('rpa_l1', 'pif_g', 'pif_grad_rms') if k in terms})
   new_state = {**state, 'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
   return new_state, metrics
@@ -135,26 +98,6 @@ def compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain:
   return jax.jit(step_fn, donate_argnums=0,
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)))
-
-
-# ----------------------------------------------------------------------------- preemption
-
-class StopFlag:
-  """Set by SIGTERM/SIGINT; the loop checks it after each step, saves and exits cleanly."""
-
-  def __init__(self):
-    self.stop = False
-    self._old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handler)
-
-  def _handler(self, signum, frame):
-    logging.warning('Received signal %d: checkpointing and exiting.', signum)
-    self.stop = True
-
-  def restore(self):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -180,12 +123,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- Model, diffusion, optimizer
   model = factory.build_model(config)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  tx = make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   # Separate streams for init and for the per-step fold_in(step) keys.
   init_rng, base_rng = jax.random.split(jax.random.key(config.seed))
   repl = sharding.replicated(mesh)
-  guide_vars = guide.load_guide_variables(config, workdir) if config.variant == 'full' else None
-  abstract = abstract_state(model, tx, config, init_rng, guide_vars)
+  guide_vars = pose_estimator.load_guide_variables(config, workdir) if config.variant == 'full' else None
+  abstract = train_state.abstract_state(model, tx, config, init_rng, guide_vars)
   # --- Shard: replicated, or FSDP over config.fsdp_axis (params, opt_state, EMA split leaf by leaf).
   state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp_axis, tcfg.fsdp_min_size)
   if config.fsdp_axis:
@@ -200,7 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   state_sharding)
   state = checkpoint.restore_latest(manager, abstract_sharded, data_iter)
   if state is None:
-    state = jax.jit(lambda r: init_state(model, tx, config, r),
+    state = jax.jit(lambda r: train_state.init_state(model, tx, config, r),
                     out_shardings={k: v for k, v in state_sharding.items() if k != 'guide'})(init_rng)
     if guide_vars is not None:  # make_array_from_callback: also valid when the mesh spans processes.
       state['guide'] = sharding.put_global(guide_vars, state_sharding['guide'])
@@ -224,7 +167,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   grid_batch = next(pipeline.iterate_eval(config.data, test_split, tcfg.grid_pairs))
   writer = logs.MetricWriter(workdir)
   progress = logs.Progress(tcfg.num_steps, first_step)
-  stop = StopFlag()
+  stop = checkpoint.StopFlag()
   # A signal reaches the processes of a job between different steps: they agree on stopping (a collective)
   # every few steps, so that all of them save the same step. One process checks every step, for free.
   stop_check_every = 1 if jax.process_count() == 1 else max(1, min(10, tcfg.log_every))
@@ -246,9 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, metrics = (pretrain_fn if in_pretrain else step_fn)(state, batch, base_rng)
       step += 1
       if step % tcfg.log_every == 0 or step == tcfg.num_steps:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(np.isfinite(v) for v in last.values()):
-          raise FloatingPointError(f'Non-finite metrics at step {step}: {last}')
+        last = logs.fetch_metrics(metrics, step)
         rate = progress.rate(step)
         last['data_wait_ms'] = 1e3 * data_wait / wait_steps
         last['data_wait_frac'] = min(1.0, data_wait * rate / wait_steps)  # Of the wall time per step.
@@ -273,13 +214,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     stop.restore()
   # --- Final / preemption checkpoint (all processes: orbax writes each one's shards)
-  if manager.latest_step() != step:
-    checkpoint.save(manager, step, state, data_iter)
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.finish(manager, step, state, data_iter, stopped=stopped)
   writer.close()
-  if stopped:
-    logs.log_line(f'Stopped by signal at step {step}; checkpoint saved. Rerun the same command to resume.')
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
       json.dump({'step': step, 'metrics': last, 'preempted': stopped}, f, indent=1)

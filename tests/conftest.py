@@ -11,7 +11,18 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
 import jax  # noqa: E402  (after the XLA flags above)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def random_batch(config, seed=0):
+  """A training batch of random values at the config's shapes (batch size, height, width)."""
+  rng = np.random.default_rng(seed)
+  b, h, w = config.train.batch_size, config.data.height, config.data.width
+  return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
+          'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
+          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
+          'tgt_kpts': rng.uniform(0, w, (b, 18, 2)).astype(np.float32)}
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,8 @@ from reposedm_jax import checkpoint
 from reposedm_jax.convert import pidm as pidm_convert
 from reposedm_jax.models import factory
 from reposedm_jax.models.b2 import has_source
-from tests.test_train import random_batch, tiny_config
+from tests.conftest import random_batch
+from tests.test_train import tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -85,7 +86,7 @@ def test_pidm_layout_checkpoint_converts_into_b2_and_full(tmp_path):
                                                 np.asarray(v).T if v.ndim == 2 else np.asarray(v))
         for k, v in flat.items()}
   converted = pidm_convert.convert_pidm_state_dict(sd, _config('b1').model)
-  dst = pidm_convert.save_params(converted, str(tmp_path / 'pidm'))
+  dst = checkpoint.save_params(str(tmp_path / 'pidm'), converted)
   for variant in ('b2', 'full'):
     config = _config(variant, 'both')
     fresh = factory.init_params(factory.build_model(config), config, jax.random.key(2))

@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from reposedm_jax import checkpoint
 from reposedm_jax.convert import pidm as pidm_convert
 from reposedm_jax.convert import torch_checkpoint
 from reposedm_jax.convert.torch_checkpoint import UnsafePickleError
@@ -78,7 +79,7 @@ def test_converter_accepts_a_config_section():
   ml_collections = pytest.importorskip('ml_collections')
   model = ml_collections.ConfigDict(dict(
       model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(2, 4), dropout=0.1,
-      norm_groups=8, pose_channels=20, image_channels=3, dtype='float32'))
+      norm_groups=8, pose_channels=20, image_channels=3, dtype='float32', attention='dot_product', remat='none'))
   built = PIDMUNet.from_config(model)
   for field in ('model_channels', 'channel_mult', 'num_res_blocks', 'attention_ds', 'dropout',
                 'norm_groups', 'image_channels', 'pose_channels'):
@@ -149,7 +150,7 @@ def test_save_params_round_trip(tmp_path):
   ocp = pytest.importorskip('orbax.checkpoint')
   params = {'a_0': {'kernel': np.arange(6, dtype=np.float32).reshape(2, 3)},
             'b': {'bias': np.ones(2, np.float32)}}
-  path = pidm_convert.save_params(params, tmp_path / 'ckpt')
+  path = checkpoint.save_params(tmp_path / 'ckpt', params)
   restored = ocp.StandardCheckpointer().restore(path)
   np.testing.assert_array_equal(restored['a_0']['kernel'], params['a_0']['kernel'])
   np.testing.assert_array_equal(restored['b']['bias'], params['b']['bias'])

@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 from configs import demo, market1501
-from reposedm_jax import eval_fid, evaluate, evaluate_cli
+from reposedm_jax.evaluation import cli as evaluate_cli
+from reposedm_jax.evaluation import engine as evaluate
+from reposedm_jax.evaluation import files as eval_files
+from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.data import keypoints, names, patn, pipeline, synthetic
 from reposedm_jax.data.dataset import load_split
 from reposedm_jax.metrics import lpips as lpips_lib
@@ -226,24 +229,24 @@ def test_pairs_formats_and_file_matching(tmp_path):
   root = str(tmp_path / 'pidm')
   synthetic.generate(root, seed=1, identities=4, views_per_identity=2, height=32, width=24, fmt='pidm',
                      test_fraction=0.5)
-  pairs = evaluate_cli.read_pairs(os.path.join(root, 'test_pairs.txt'))
+  pairs = eval_files.read_pairs(os.path.join(root, 'test_pairs.txt'))
   split = load_split(_data_cfg(root), 'test')
   assert [(s, t) for s, t, _ in pairs] == [(p.sources[0], p.target) for p in split.pairs]
   src, tgt, name = pairs[0]
   assert name is None and tgt.startswith('img/') and tgt.endswith('.jpg')
-  assert evaluate_cli.find_image(root, tgt) == os.path.join(root, tgt[:-4] + '.png')  # .png first, as PIDM
+  assert eval_files.find_image(root, tgt) == os.path.join(root, tgt[:-4] + '.png')  # .png first, as PIDM
   flat = tmp_path / 'flat'  # PIDM's test_256x256_pngs/: flat 'deep' + fashion names
   flat.mkdir()
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(flat / ('deep' + names.fashion_name(tgt)[:-4] + '.png'))
-  assert evaluate_cli.find_image(str(flat), tgt) is not None
-  cands = evaluate_cli.generated_candidates(src, tgt)
+  assert eval_files.find_image(str(flat), tgt) is not None
+  cands = eval_files.generated_candidates(src, tgt)
   assert cands[0] == names.output_name(src, tgt) and any('___' in c for c in cands)
   manifest = tmp_path / 'manifest_p0.jsonl'
   manifest.write_text(json.dumps({'name': 'a.png', 'source': src, 'target': tgt}) + '\n')
-  assert evaluate_cli.read_pairs(str(manifest)) == [(src, tgt, 'a.png')]
+  assert eval_files.read_pairs(str(manifest)) == [(src, tgt, 'a.png')]
   manifest.write_text(json.dumps({'name': 'a.png', 'source': src}) + '\n')
   with pytest.raises(Exception, match=r"manifest_p0.jsonl:1.*lacks \['target'\]"):
-    evaluate_cli.read_pairs(str(manifest))
+    eval_files.read_pairs(str(manifest))
 
 
 def _data_cfg(root):

@@ -6,9 +6,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import demo
-from reposedm_jax import sharding, train
+from reposedm_jax import sharding, train, train_state
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
+from tests.conftest import random_batch
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -37,19 +38,11 @@ def tiny_config(fsdp_axis=''):
   return config
 
 
-def random_batch(config, seed):
-  rng = np.random.default_rng(seed)
-  b, h, w = config.train.batch_size, config.data.height, config.data.width
-  return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32)}
-
-
 def run_steps(config, host_state, n=2):
   """n train steps from `host_state` laid out as config says; returns (host state, metrics, live state)."""
   mesh = sharding.make_mesh(config.mesh)
   model = factory.build_model(config)
-  tx = train.make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   shardings = sharding.state_shardings(host_state, mesh, config.fsdp_axis, config.train.fsdp_min_size)
   state = jax.device_put(host_state, shardings)
   step = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shardings)
@@ -63,8 +56,8 @@ def run_steps(config, host_state, n=2):
 def test_fsdp_update_equals_data_parallel():
   assert jax.device_count() == 4
   config = tiny_config()
-  model, tx = factory.build_model(config), train.make_optimizer(config)
-  init = jax.device_get(jax.jit(lambda: train.init_state(model, tx, config, jax.random.key(0)))())
+  model, tx = factory.build_model(config), train_state.make_optimizer(config)
+  init = jax.device_get(jax.jit(lambda: train_state.init_state(model, tx, config, jax.random.key(0)))())
   dp, dp_metrics, _ = run_steps(config, init)
   fs, fs_metrics, live = run_steps(tiny_config('data'), init)
   # Really split 4 ways: a conv kernel, its Adam moment and its EMA hold 1/4 of their elements per device.

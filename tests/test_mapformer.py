@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reposedm_jax.models import bench_attention
+from tools import bench_attention
 from reposedm_jax.models import local_attention as la
 from reposedm_jax.models import mapformer
 

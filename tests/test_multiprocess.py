@@ -214,11 +214,11 @@ def restore_state(workdir, config):
   """(latest step, state) of a checkpoint written by 2 processes, read here onto one device."""
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from reposedm_jax import train  # pylint: disable=import-outside-toplevel
+  from reposedm_jax import train_state  # pylint: disable=import-outside-toplevel
   from reposedm_jax.models import factory  # pylint: disable=import-outside-toplevel
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = train.abstract_state(factory.build_model(config), train.make_optimizer(config), config,
-                                  jax.random.key(0))
+  abstract = train_state.abstract_state(factory.build_model(config), train_state.make_optimizer(config), config,
+                                        jax.random.key(0))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract)
   with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'data')) as mgr:
     step = mgr.latest_step()

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from reposedm_jax import guide, pif, sharding, train
+from reposedm_jax import pif, pose_estimator, sharding, train, train_state
 from reposedm_jax import sample as sample_lib
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
-from tests.test_train import random_batch, tiny_config
+from reposedm_jax.data import keypoints
+from tests.conftest import random_batch
+from tests.test_train import tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -46,7 +48,7 @@ def test_interaction_mask_thresholds_the_summed_heatmaps():
 
 
 def _toy_heat_fn(hw=(16, 12), seed=0):
-  est = guide.ToyEstimator()
+  est = pose_estimator.ToyEstimator()
   variables = est.init(jax.random.key(seed), jnp.zeros((1,) + hw + (3,)))
   return lambda x: est.apply(variables, x)
 
@@ -118,10 +120,10 @@ def batch_with_kpts(config, seed=0):
 def one_step(config, with_guide: bool):
   mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   model = factory.build_model(config)
-  tx = train.make_optimizer(config)
-  state = train.init_state(model, tx, config, jax.random.key(0))
+  tx = train_state.make_optimizer(config)
+  state = train_state.init_state(model, tx, config, jax.random.key(0))
   if with_guide:
-    state['guide'] = guide.load_guide_variables(config, '')
+    state['guide'] = pose_estimator.load_guide_variables(config, '')
   repl = sharding.replicated(mesh)
   state = jax.device_put(state, repl)
   step = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh,
@@ -155,7 +157,7 @@ def test_guide_train_output_touches_only_guided_rows_and_timesteps():
   x_t, batch = _toy_train_inputs()
   out = jnp.asarray(np.random.default_rng(5).normal(size=x_t.shape[:3] + (6,)), jnp.float32)
   t = jnp.asarray([100, 900, 200, 300])  # row 1 is above train_t_max; rows 2-3 are past the guided half
-  new, extra, m = pif.train_terms(pcfg, heat_fn, guide.reference_heads(config), out, sched=linear_schedule(1000),
+  new, extra, m = pif.train_terms(pcfg, heat_fn, pose_estimator.reference_heads(config), out, sched=linear_schedule(1000),
                                   x_t=x_t, t=t, noise=jnp.zeros_like(x_t), batch=batch)
   assert float(extra) == 0.0  # literal mode changes the output, adds no loss
   changed = np.any(np.asarray(new) != np.asarray(out), axis=(1, 2, 3))
@@ -175,7 +177,7 @@ def test_second_order_guidance_differentiates_through_the_gradient():
     config = full_config(scale=5.0)
     config.pif.stop_gradient, config.pif.train_fraction = stop, 1.0
     out = jnp.concatenate([theta * x_t, jnp.zeros_like(x_t)], -1)  # a one-parameter "network"
-    new, _, _ = pif.train_terms(config.pif, heat_fn, guide.reference_heads(config), out, sched=sched, x_t=x_t,
+    new, _, _ = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config), out, sched=sched, x_t=x_t,
                                 t=t, noise=jnp.zeros_like(x_t), batch=batch)
     return jnp.mean(jnp.square(new[..., :3]))
 
@@ -195,7 +197,7 @@ def test_guided_sampling_zero_scale_equals_unguided_and_guidance_lowers_G(sample
   mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   model = factory.build_model(config)
   params = factory.init_params(model, config, jax.random.key(0))
-  gv = guide.load_guide_variables(config, '')
+  gv = pose_estimator.load_guide_variables(config, '')
   sched = linear_schedule(1000)
   batch = batch_with_kpts(config, seed=3)
   key = jax.random.key(5)
@@ -206,8 +208,8 @@ def test_guided_sampling_zero_scale_equals_unguided_and_guidance_lowers_G(sample
     return
   config.pif.sample_scale = 20.0
   guided = sample_lib.make_sampler(model, sched, config, mesh, 4, guide_vars=gv)(params, batch, key)
-  heat_fn = guide.make_heat_fn(config, gv)
-  ref = pif.render_heatmaps(pif.openpose_to_coco(jnp.asarray(batch['tgt_kpts'])), (32, 22), (16, 11), 1.0)
+  heat_fn = pose_estimator.make_heat_fn(config, gv)
+  ref = pif.render_heatmaps(keypoints.openpose_to_coco(jnp.asarray(batch['tgt_kpts'])), (32, 22), (16, 11), 1.0)
   kw = dict(threshold=0.1, reference='heatmaps', target_support=True)
   g_plain = float(jnp.mean(pif.g_phi(heat_fn(jnp.asarray(plain)), ref, **kw)))
   g_guided = float(jnp.mean(pif.g_phi(heat_fn(jnp.asarray(guided)), ref, **kw)))
@@ -272,7 +274,7 @@ def test_G_vanishes_at_the_true_pose_and_grows_with_displacement():
   heat_fn = _ideal_hrnet_heat_fn(hw, heads)
   rng = np.random.default_rng(7)
   op = rng.uniform(8, 36, (1, 18, 2)).astype(np.float32)  # OpenPose-18 target keypoints
-  coco = np.asarray(pif.openpose_to_coco(jnp.asarray(op)))
+  coco = np.asarray(keypoints.openpose_to_coco(jnp.asarray(op)))
   ref = pif.reference_heatmaps(jnp.asarray(op), hw, heads)
   kw = dict(threshold=0.1, reference='heatmaps', target_support=True, normalize='sum')
   g0, grad0 = pif.guidance_gradient(heat_fn, _image_with_kpts(coco, hw), ref, **kw)
@@ -318,7 +320,7 @@ def test_sampling_window_turns_guidance_off_above_t_max():
   heat_fn = _toy_heat_fn()
   x, _ = _toy_train_inputs(b=2)
   kpts = jnp.asarray(np.random.default_rng(3).uniform(0, 12, (2, 18, 2)), jnp.float32)
-  corr = pif.sampling_correction(config.pif, heat_fn, guide.reference_heads(config), linear_schedule(1000), kpts,
+  corr = pif.sampling_correction(config.pif, heat_fn, pose_estimator.reference_heads(config), linear_schedule(1000), kpts,
                                  2.0)
   eps = jnp.zeros_like(x)
   assert float(jnp.max(jnp.abs(corr(x, jnp.int32(800), eps, x)))) == 0.0
@@ -328,7 +330,7 @@ def test_sampling_window_turns_guidance_off_above_t_max():
 def test_penalty_mode_adds_a_loss_whose_gradient_reaches_theta():
   config = full_config(scale=5.0)
   config.pif.train_mode, config.pif.train_fraction, config.pif.penalty_weight = 'penalty', 1.0, 0.5
-  heat_fn, heads = _toy_heat_fn(), guide.reference_heads(config)
+  heat_fn, heads = _toy_heat_fn(), pose_estimator.reference_heads(config)
   x_t, batch = _toy_train_inputs(b=2)
   t, sched = jnp.asarray([200, 300]), linear_schedule(1000)
 
@@ -350,9 +352,9 @@ def test_each_training_mode_runs_in_the_sharded_train_step(mode):
   config.pif.train_mode = mode
   mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
   model = factory.build_model(config)
-  tx = train.make_optimizer(config)
-  state = train.init_state(model, tx, config, jax.random.key(0))
-  state['guide'] = guide.load_guide_variables(config, '')
+  tx = train_state.make_optimizer(config)
+  state = train_state.init_state(model, tx, config, jax.random.key(0))
+  state['guide'] = pose_estimator.load_guide_variables(config, '')
   repl = sharding.replicated(mesh)
   state = jax.device_put(state, repl)
   step = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, jax.tree.map(lambda _: repl, state))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from reposedm_jax import pose_train
+from reposedm_jax import pose_estimator, pose_train
 from reposedm_jax.convert import hrnet as hrnet_convert
 from reposedm_jax.data import synthetic
 from reposedm_jax.data.keypoints import OPENPOSE_TO_COCO
@@ -71,28 +71,28 @@ def test_load_pose_estimator_sources_and_errors(tmp_path, monkeypatch):
   variables = jax.device_get(hrnet.init_variables(module, jax.random.key(0)))
   # A converted-official-style directory, given directly or through config.pose.checkpoint.
   hrnet_convert.save_hrnet(variables, tmp_path / 'conv', {'arch': 'tiny', 'naming': 'official', 'not_filled': []})
-  loaded, got_module = pose_train.load_pose_estimator(config, str(tmp_path / 'conv'))
+  loaded, got_module = pose_estimator.load_pose_estimator(config, str(tmp_path / 'conv'))
   assert got_module == module
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
   config.pose.checkpoint = str(tmp_path / 'conv')
-  loaded, _ = pose_train.load_pose_estimator(config, str(tmp_path / 'elsewhere'))
+  loaded, _ = pose_estimator.load_pose_estimator(config, str(tmp_path / 'elsewhere'))
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
   config.pose.checkpoint = ''
   # Wrong architecture, a backbone-only (timm) conversion, nothing there: each a clear error.
   hrnet_convert.save_hrnet(variables, tmp_path / 'w32', {'arch': 'w32'})
   with pytest.raises(ValueError, match='pose.arch=w32'):
-    pose_train.load_pose_estimator(config, str(tmp_path / 'w32'))
+    pose_estimator.load_pose_estimator(config, str(tmp_path / 'w32'))
   hrnet_convert.save_hrnet(variables, tmp_path / 'timm', {'arch': 'tiny', 'not_filled': ['final_layers.0.weight']})
   with pytest.raises(ValueError, match='init_from'):
-    pose_train.load_pose_estimator(config, str(tmp_path / 'timm'))
+    pose_estimator.load_pose_estimator(config, str(tmp_path / 'timm'))
   with pytest.raises(FileNotFoundError, match='train_pose'):
-    pose_train.load_pose_estimator(config, str(tmp_path / 'empty'))
+    pose_estimator.load_pose_estimator(config, str(tmp_path / 'empty'))
   # Shapes are checked leaf by leaf.
   bad = jax.tree.map(lambda a: a, variables)
   bad['params']['conv1']['kernel'] = np.zeros((3, 3, 3, 5), np.float32)
   hrnet_convert.save_hrnet(bad, tmp_path / 'bad', {'arch': 'tiny'})
   with pytest.raises(ValueError, match='mis-shaped: params/conv1/kernel'):
-    pose_train.load_pose_estimator(config, str(tmp_path / 'bad'))
+    pose_estimator.load_pose_estimator(config, str(tmp_path / 'bad'))
 
 
 @pytest.fixture(scope='module')
@@ -118,7 +118,7 @@ def test_resume_continues_from_checkpoint(small_split, tmp_path, monkeypatch, ca
   saved = json.load(open(os.path.join(workdir, 'pose', 'pose_eval.json')))
   assert saved['step'] == 3 and saved['heldout']['images'] == 6  # the 2 test identities x 3 views
   # The exported variables are what load_pose_estimator returns, in either place.
-  from_ckpt, module = pose_train.load_pose_estimator(config, workdir)
+  from_ckpt, module = pose_estimator.load_pose_estimator(config, workdir)
   exported, _ = hrnet_convert.load_hrnet(os.path.join(workdir, 'pose'))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), from_ckpt, exported)
   assert module == hrnet.build_hrnet('tiny')

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from reposedm_jax import rpa_training, sharding, train
+from reposedm_jax import rpa_training, sharding, train, train_state
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
-from tests.test_train import random_batch, tiny_config
+from tests.conftest import random_batch
+from tests.test_train import tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -49,9 +50,9 @@ def test_pretraining_moves_only_rpa_then_freezes_it():
   config = _b2_config(pretrain=2, mult=0.0)
   mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
   model = factory.build_model(config)
-  tx = train.make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   repl = sharding.replicated(mesh)
-  state = jax.device_put(train.init_state(model, tx, config, jax.random.key(0)), repl)
+  state = jax.device_put(train_state.init_state(model, tx, config, jax.random.key(0)), repl)
   shard = jax.tree.map(lambda _: repl, state)
   pre = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard, pretrain=True)
   full = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard)
@@ -75,7 +76,7 @@ def test_the_unet_optimizer_starts_at_step_k_as_if_fresh():
   plain = _b2_config(pretrain=0, mult=1.0)
   params = factory.init_params(factory.build_model(config), config, jax.random.key(0))
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
-  tx, tx_plain = train.make_optimizer(config), train.make_optimizer(plain)
+  tx, tx_plain = train_state.make_optimizer(config), train_state.make_optimizer(plain)
   s = tx.init(params)
   zero = jax.tree.map(jnp.zeros_like, grads)
   for _ in range(3):

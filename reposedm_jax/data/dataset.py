@@ -1,7 +1,10 @@
 """One entry point for every on-disk convention: `load_split(config.data, 'train' | 'test')`."""
 
-from reposedm_jax.data import deepfashion, patn
+from reposedm_jax.data import deepfashion, patn, tfds_reader
 from reposedm_jax.data.splits import Split
+
+# config.data.format: PIDM's DeepFashion layout, PATN/GFLA CSVs + folders, or a prepared tfds ArrayRecord dataset.
+FORMATS = ('pidm', 'patn', 'tfds')
 
 
 def load_split(data_cfg, split: str) -> Split:
@@ -10,6 +13,5 @@ def load_split(data_cfg, split: str) -> Split:
   if data_cfg.format == 'patn':
     return patn.load_split(data_cfg, split)
   if data_cfg.format == 'tfds':
-    from reposedm_jax.data import tfds_builder  # tfds is slow to import; only its users pay.
-    return tfds_builder.load_split(data_cfg, split)
-  raise ValueError(f"data.format must be 'pidm', 'patn' or 'tfds', got {data_cfg.format!r}")
+    return tfds_reader.load_split(data_cfg, split)
+  raise ValueError(f'data.format must be one of {FORMATS}, got {data_cfg.format!r}')

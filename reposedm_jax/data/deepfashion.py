@@ -110,6 +110,10 @@ def validate_pairs(pairs, keypoints, images, *, read_pose, on_bad, counter, deco
   return kept
 
 
+# config.data.image_source of the PIDM layout: files under img/, or PIDM's LMDB.
+IMAGE_SOURCES = ('folder', 'lmdb')
+
+
 def load_split(data_cfg, split: str) -> Split:
   """Reads and validates `<root>/<split>_pairs.txt` with its pose files and image store."""
   root = data_cfg.root
@@ -118,7 +122,7 @@ def load_split(data_cfg, split: str) -> Split:
   elif data_cfg.image_source == 'lmdb':
     images = LmdbImages(data_cfg.lmdb_path or os.path.join(root, '256-256'))
   else:
-    raise ValueError(f"data.image_source must be 'folder' or 'lmdb', got {data_cfg.image_source!r}")
+    raise ValueError(f'data.image_source must be one of {IMAGE_SOURCES}, got {data_cfg.image_source!r}')
   counter = errors.SkipCounter(f'{split} examples')
   pairs = read_pairs_txt(os.path.join(root, f'{split}_pairs.txt'))
   keypoints: dict[str, np.ndarray] = {}

@@ -39,10 +39,14 @@ class SkipCounter:
     return f'{self.what}: skipped {self.total} ({parts})'
 
 
+# config.data.on_bad_example: stop at a malformed example, or count, log and skip it.
+ON_BAD_EXAMPLE = ('error', 'skip')
+
+
 def handle(err: BadExampleError, on_bad: str, counter: SkipCounter) -> None:
   """Raises `err` in 'error' mode, counts and logs it in 'skip' mode."""
   if on_bad == 'error':
     raise err
   if on_bad != 'skip':
-    raise ValueError(f"data.on_bad_example must be 'error' or 'skip', got {on_bad!r}")
+    raise ValueError(f'data.on_bad_example must be one of {ON_BAD_EXAMPLE}, got {on_bad!r}')
   counter.skip(err)

@@ -41,6 +41,10 @@ def is_missing(kpts: np.ndarray) -> np.ndarray:
   return (kpts[..., 0] == MISSING) | (kpts[..., 1] == MISSING)
 
 
-def openpose_to_coco(kpts: np.ndarray) -> np.ndarray:
-  """[..., 18, 2] OpenPose keypoints -> [..., 17, 2] COCO keypoints (missing stays -1)."""
-  return np.asarray(kpts)[..., list(OPENPOSE_TO_COCO), :]
+def openpose_to_coco(kpts):
+  """[..., 18, 2] OpenPose keypoints -> [..., 17, 2] COCO keypoints (missing stays -1).
+
+  numpy in, numpy out; a jax array (also under jit) stays a jax array.
+  """
+  arr = kpts if hasattr(kpts, 'ndim') else np.asarray(kpts)
+  return arr[..., np.asarray(OPENPOSE_TO_COCO), :]

@@ -19,6 +19,10 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.linalg
+from PIL import Image
+from tqdm import tqdm
+
+from reposedm_jax.metrics.lpips import PIDM_SIZE_WH
 
 _CACHE_VERSION = 1
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -148,12 +152,10 @@ def load_image(path: str, pidm_resize: bool = False) -> np.ndarray:
   `pidm_resize` reproduces PIDM's FID input (reference notes 1f): float32
   `cv2.resize(img, (176, 256))` (W x H, INTER_LINEAR) before Inception's own resize.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as im:
     img = np.asarray(im.convert('RGB'))
   if pidm_resize:
     import cv2  # pylint: disable=g-import-not-at-top  # Only the PIDM protocol needs OpenCV.
-    from reposedm_jax.metrics.lpips import PIDM_SIZE_WH  # pylint: disable=g-import-not-at-top
     img = cv2.resize(img.astype(np.float32), PIDM_SIZE_WH, interpolation=cv2.INTER_LINEAR)
   return img
 
@@ -170,7 +172,6 @@ def _cache_key(paths: Sequence[str], settings: dict) -> str:
 
 def _extract(paths: Sequence[str], extractor: Callable[[np.ndarray], np.ndarray],
              batch_size: int, pidm_resize: bool, progress: bool) -> np.ndarray:
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   feats, batch = [], []
 
   def flush():
@@ -190,7 +191,7 @@ def _extract(paths: Sequence[str], extractor: Callable[[np.ndarray], np.ndarray]
   return np.concatenate(feats)
 
 
-def reference_statistics(image_paths: Sequence[str], *, extractor: Optional[Any] = None,
+def reference_statistics(image_paths: Sequence[str], *, extractor: Any,
                          batch_size: int = 32, pidm_resize: bool = False,
                          cache_dir: Optional[str] = None,
                          progress: bool = True) -> Tuple[np.ndarray, np.ndarray]:
@@ -199,7 +200,7 @@ def reference_statistics(image_paths: Sequence[str], *, extractor: Optional[Any]
   Args:
     image_paths: Image files (processed in sorted order; the statistics do not depend on it).
     extractor: [N, H, W, 3] -> [N, 2048] callable with a `cache_id` string naming its
-      weights and preprocessing; default: `inception.FeatureExtractor()` (standard FID).
+      weights and preprocessing, e.g. `inception.FeatureExtractor(variables)` (standard FID).
     batch_size: Images per extractor call.
     pidm_resize: Resize like PIDM's evaluation first (see `load_image`).
     cache_dir: If given, statistics are stored as `fid_stats_<key>.npz` there. The key is
@@ -214,9 +215,6 @@ def reference_statistics(image_paths: Sequence[str], *, extractor: Optional[Any]
   paths = sorted(image_paths)
   if len(paths) < 2:
     raise ValueError(f'need at least 2 images, got {len(paths)}')
-  if extractor is None:
-    from reposedm_jax.metrics.inception import FeatureExtractor  # pylint: disable=g-import-not-at-top
-    extractor = FeatureExtractor(batch_size=batch_size)
   cache_file = key = None
   if cache_dir is not None:
     cache_id = getattr(extractor, 'cache_id', None)

@@ -3,21 +3,21 @@
 Not an independent judge: a model guided by this network can learn to please it. Report it next to the
 independent BlazePose judge (mediapipe_judge.py), never alone.
 
-Weights: `pose_train.load_pose_estimator` reads `config.pose.checkpoint` if set, else
-`config.eval.hrnet_dir`, else the run's own <workdir>/pose. When none holds weights (or the HRNet code is
-absent), the factory raises JudgeUnavailable and eval records the reason instead of a score.
+Weights: the registry's factory (`evaluation.pose.make_hrnet_judge`) loads them with
+`pose_estimator.load_pose_estimator` from `config.pose.checkpoint` if set, else `config.eval.hrnet_dir`,
+else the run's own <workdir>/pose; when none holds weights it raises JudgeUnavailable and eval records
+the reason instead of a score.
 
 Detection: images [-1, 1] -> `aggregate_heatmaps` (stride-4 and stride-2 maps averaged at stride 2) ->
 `decode_keypoints` (arg-max + sub-pixel refinement) -> COCO-17 (x, y) in the image's pixel frame; a
 joint whose peak heatmap value is below `config.pose.score_threshold` is -1 (not detected).
 """
 
-import os
-
 import jax
 import numpy as np
 
-from reposedm_jax.metrics.pose_accuracy import JudgeUnavailable, images_to_uint8
+from reposedm_jax.metrics.pose_accuracy import images_to_uint8
+from reposedm_jax.models import hrnet
 
 
 class HrnetJudge:
@@ -25,7 +25,6 @@ class HrnetJudge:
   name = 'hrnet'
 
   def __init__(self, module, variables, min_score: float, weights_dir: str, batch_size: int = 32):
-    from reposedm_jax.models import hrnet  # pylint: disable=import-outside-toplevel
     self.min_score, self.batch_size = float(min_score), int(batch_size)
     self.description = f'project HigherHRNet ({weights_dir}), peak score >= {min_score:g}'
     self._variables = jax.device_put(variables)
@@ -48,20 +47,3 @@ class HrnetJudge:
       xy, score = (np.asarray(a)[:n] for a in self._detect(self._variables, chunk))
       out.append(np.where((score >= self.min_score)[..., None], xy, -1.0).astype(np.float32))
     return np.concatenate(out) if out else np.zeros((0, 17, 2), np.float32)
-
-
-def make_judge(config, workdir: str) -> HrnetJudge:
-  """Registry factory (pose_accuracy.JUDGE_FACTORIES['hrnet'])."""
-  try:
-    from reposedm_jax import pose_train  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise JudgeUnavailable(f'hrnet judge: HigherHRNet code not importable ({e})') from None
-  # <workdir>/pose, not <workdir>: the workdir's own checkpoints/ are the diffusion model's.
-  path = config.eval.hrnet_dir or os.path.join(workdir, 'pose')
-  try:
-    variables, module = pose_train.load_pose_estimator(config, path)
-  except FileNotFoundError as e:
-    raise JudgeUnavailable(f'hrnet judge: no HigherHRNet weights ({e}); set --config.eval.hrnet_dir=DIR '
-                           '(a mode=train_pose run or a converted official checkpoint)') from None
-  return HrnetJudge(module, variables, config.pose.score_threshold, config.pose.checkpoint or path,
-                    config.eval.batch_size)

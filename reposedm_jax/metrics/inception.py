@@ -266,18 +266,15 @@ class FeatureExtractor:
   """Jitted, batched pool3 features with the real weights.
 
   Args:
-    variables: `{'params': ...}`; default: `convert.inception.load_inception_params()`.
+    variables: `{'params': ...}`, e.g. `convert.inception.load_inception_params()` (the caller's choice).
     resize_method: 'tf1' (standard FID) or 'half_pixel'.
     batch_size: Images per device call (a last, smaller batch compiles once more).
     sharding: Optional NamedSharding of the batch axis (`sharding.local_batch_sharding`): full
       batches are split over its devices; others run unsplit.
   """
 
-  def __init__(self, variables: Optional[Dict[str, Any]] = None, resize_method: str = 'tf1',
-               batch_size: int = 32, sharding=None):
-    if variables is None:
-      from reposedm_jax.convert.inception import load_inception_params  # pylint: disable=g-import-not-at-top
-      variables = load_inception_params()
+  def __init__(self, variables: Dict[str, Any], resize_method: str = 'tf1', batch_size: int = 32,
+               sharding=None):
     if resize_method not in RESIZE_METHODS:
       raise ValueError(f'resize method {resize_method!r} not in {RESIZE_METHODS}')
     self.resize_method, self.batch_size, self.sharding = resize_method, batch_size, sharding

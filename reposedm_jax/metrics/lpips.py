@@ -48,6 +48,8 @@ _WEIGHT_FILES = {
     'vgg': ('vgg16.ckpt', 'VGG16_0',
             '2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d'),
 }
+# config.eval.lpips_net: the backbones with released LPIPS weights.
+NETS = tuple(_WEIGHT_FILES)
 # Exactly what a pickled dict of float32 arrays needs; no numpy scalars, no containers
 # beyond builtin dicts (which need no global).
 _PICKLE_GLOBALS = ('numpy._core.multiarray._reconstruct', 'numpy.ndarray', 'numpy.dtype')

@@ -8,10 +8,10 @@ model_complexity=1)`: the only complexity whose models ship inside the 0.10.14 w
 
 Where it runs. mediapipe 0.10.14 needs protobuf<5 and the core stack protobuf 7 (checked: with protobuf 7
 `Pose()` fails on a removed descriptor attribute), so it cannot live in .venv. `requirements-pose.txt`
-builds a separate venv (default `.venv-pose/`, or `config.eval.mediapipe_python`), and this file, run by
-that interpreter as a script (`python mediapipe_judge.py --worker H`), is the worker: it imports only
+builds a separate venv (default `.venv-pose/`, or `config.eval.mediapipe_python`), and mediapipe_worker.py, run
+by that interpreter as a script (`python mediapipe_worker.py --worker H`), is the worker: it imports only
 numpy, OpenCV and mediapipe, reads image batches from stdin and writes landmarks to stdout, so the
-numbers cross the process boundary as raw arrays, never as pickles. If `mediapipe` imports and works in
+numbers cross the process boundary as raw arrays, never as pickles. The worker's code is mediapipe_worker.py. If `mediapipe` imports and works in
 the current interpreter, the judge runs in-process instead.
 
 Output convention. BlazePose's 33 landmarks -> COCO-17 by `BLAZEPOSE_TO_COCO` (both use the person's own
@@ -21,87 +21,21 @@ sit at integers: x_px = x_norm * W - 0.5. A joint is -1 (not detected) when no p
 visibility is below `min_visibility`, or when it falls outside the image.
 """
 
-import json
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
 
+from reposedm_jax.metrics import mediapipe_worker
+from reposedm_jax.metrics.mediapipe_worker import detect_landmarks, new_detector, recv_array, send_array
+from reposedm_jax.metrics.pose_accuracy import JudgeUnavailable, images_to_uint8
+
 # COCO-17 joint k = BlazePose landmark BLAZEPOSE_TO_COCO[k] (nose, eyes, ears, shoulders, elbows, wrists,
 # hips, knees, ankles; BlazePose 2 / 5 are the eye centres, 1/3/4/6 the inner/outer corners).
 BLAZEPOSE_TO_COCO = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
-NUM_LANDMARKS = 33
 VENV_HINT = 'python3.11 -m venv .venv-pose && .venv-pose/bin/pip install --no-deps -r requirements-pose.txt'
 DEFAULT_VENV_PYTHON = '.venv-pose/bin/python'
-_DTYPES = {'uint8': np.uint8, 'float32': np.float32}
-
-
-# ---------------------------------------------------------------- framing (both processes)
-def _read_exact(f, n: int) -> bytes:
-  buf = bytearray()
-  while len(buf) < n:
-    chunk = f.read(n - len(buf))
-    if not chunk:
-      raise EOFError(f'stream closed after {len(buf)} of {n} bytes')
-    buf += chunk
-  return bytes(buf)
-
-
-def send_array(f, arr: np.ndarray) -> None:
-  """Writes a 4-byte header length, a JSON header (shape, dtype) and the raw C-order bytes."""
-  arr = np.ascontiguousarray(arr)
-  header = json.dumps({'shape': list(arr.shape), 'dtype': arr.dtype.name}).encode()
-  f.write(len(header).to_bytes(4, 'little') + header)
-  f.write(arr.tobytes())
-  f.flush()
-
-
-def recv_array(f):
-  """Inverse of send_array; None on a clean end of stream. Only uint8 / float32 are accepted."""
-  first = f.read(1)
-  if not first:
-    return None
-  header = json.loads(_read_exact(f, int.from_bytes(first + _read_exact(f, 3), 'little')))
-  if header.get('dtype') not in _DTYPES:
-    raise ValueError(f'unexpected array dtype {header.get("dtype")!r} in the judge stream')
-  dtype, shape = np.dtype(_DTYPES[header['dtype']]), tuple(int(s) for s in header['shape'])
-  data = _read_exact(f, int(np.prod(shape)) * dtype.itemsize)
-  return np.frombuffer(data, dtype).reshape(shape)
-
-
-# ---------------------------------------------------------------- detection (runs where mediapipe is)
-def new_detector():
-  import mediapipe as mp  # pylint: disable=import-outside-toplevel
-  return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
-
-
-def detect_landmarks(detector, images: np.ndarray, min_height: int) -> np.ndarray:
-  """uint8 [B, H, W, 3] RGB -> float32 [B, 33, 3] (x_norm, y_norm, visibility); -1, -1, 0 if nobody found."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  out = np.full((len(images), NUM_LANDMARKS, 3), -1.0, np.float32)
-  out[..., 2] = 0.0
-  h, w = images.shape[1:3]
-  factor = max(1, -(-min_height // h))
-  for i, img in enumerate(images):
-    if factor > 1:
-      img = cv2.resize(img, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
-    result = detector.process(np.ascontiguousarray(img))
-    if result.pose_landmarks is not None:
-      out[i] = [(p.x, p.y, p.visibility) for p in result.pose_landmarks.landmark]
-  return out
-
-
-def _worker_main(min_height: int) -> None:
-  # The protocol owns the original stdout; anything a library prints goes to stderr instead.
-  proto_out = os.fdopen(os.dup(1), 'wb')
-  os.dup2(2, 1)
-  proto_in = os.fdopen(os.dup(0), 'rb')
-  detector = new_detector()
-  send_array(proto_out, np.zeros((1,), np.uint8))  # ready
-  while (images := recv_array(proto_in)) is not None:
-    send_array(proto_out, detect_landmarks(detector, images, min_height))
 
 
 # ---------------------------------------------------------------- the judge (main process)
@@ -111,7 +45,7 @@ class _Worker:
   def __init__(self, python: str, min_height: int):
     self._stderr = tempfile.TemporaryFile()
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
-    self._proc = subprocess.Popen([python, os.path.abspath(__file__), '--worker', str(min_height)],
+    self._proc = subprocess.Popen([python, os.path.abspath(mediapipe_worker.__file__), '--worker', str(min_height)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
     self._response('starting')
 
@@ -176,7 +110,6 @@ class MediapipeJudge:
 
     With the worker process, detection runs while the caller does other work; one batch at a time.
     """
-    from reposedm_jax.metrics.pose_accuracy import images_to_uint8  # pylint: disable=import-outside-toplevel
     if self._pending is not None:
       raise RuntimeError('mediapipe judge: collect() the previous batch before submitting another')
     images = images_to_uint8(images)
@@ -212,7 +145,6 @@ def landmarks_to_coco(landmarks: np.ndarray, hw, min_visibility: float) -> np.nd
 
 
 def _unavailable(msg: str):
-  from reposedm_jax.metrics.pose_accuracy import JudgeUnavailable  # pylint: disable=import-outside-toplevel
   return JudgeUnavailable(f'mediapipe judge: {msg}')
 
 
@@ -220,7 +152,3 @@ def make_judge(config, workdir: str) -> MediapipeJudge:  # pylint: disable=unuse
   """Registry factory (pose_accuracy.JUDGE_FACTORIES['mediapipe'])."""
   e = config.eval
   return MediapipeJudge(e.mediapipe_python, e.mediapipe_min_visibility, e.mediapipe_min_height)
-
-
-if __name__ == '__main__' and sys.argv[1:2] == ['--worker']:
-  _worker_main(int(sys.argv[2]))

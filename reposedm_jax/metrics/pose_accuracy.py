@@ -116,7 +116,7 @@ def check_detections(xy: np.ndarray, batch_size: int, judge_name: str) -> np.nda
 # name -> 'module:function' building the judge from (config, workdir); imported only when asked for.
 JUDGE_FACTORIES: Dict[str, Union[str, Callable[..., Judge]]] = {
     'mediapipe': 'reposedm_jax.metrics.mediapipe_judge:make_judge',
-    'hrnet': 'reposedm_jax.metrics.hrnet_judge:make_judge',
+    'hrnet': 'reposedm_jax.evaluation.pose:make_hrnet_judge',  # loads the weights (pose_estimator.py)
 }
 
 

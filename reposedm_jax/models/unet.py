@@ -44,6 +44,9 @@ from reposedm_jax.models import aligned as aligned_lib
 from reposedm_jax.models import appearance
 from reposedm_jax.models import layers
 
+# config.model.dtype: compute dtype of convolutions and attention (params and norms stay float32).
+DTYPES = ('float32', 'bfloat16')
+
 
 class TimeEmbed(nn.Module):
   """PIDM's `time_embed.time_embed`: Linear(C0, 4 C0), SiLU, Linear(4 C0, 4 C0)."""
@@ -118,9 +121,8 @@ class PIDMUNet(nn.Module):
         image_channels=int(model_config.image_channels),
         pose_channels=int(model_config.pose_channels),
         dtype=jnp.dtype(model_config.dtype),
-        # Speed switches default to the fields' defaults: older configs and converter sections lack them.
-        attention=str(model_config.get('attention', cls.attention)),
-        remat=str(model_config.get('remat', cls.remat)))
+        attention=str(model_config.attention),
+        remat=str(model_config.remat))
 
   @property
   def size_multiple(self) -> int:

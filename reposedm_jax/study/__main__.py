@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from reposedm_jax.study import build, chart, inputs, plan, report, responses, score
+
 
 def _hw(text: str) -> tuple[int, int]:
   try:
@@ -64,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_build(args) -> dict:
-  # Imported here: building needs the image and pairs readers (they import jax); scoring does not.
-  from reposedm_jax.study import build, inputs, plan
   inp = inputs.StudyInputs(real=args.real, generated=inputs.parse_methods(args.generated), pairs=args.pairs,
                            source=args.source, keypoints=args.keypoints, keypoint_frame=args.keypoint_frame,
                            pose_from_target=args.pose_from_target, skip_missing=args.skip_missing)
@@ -90,7 +90,6 @@ def response_files(items: list[str]) -> list[str]:
 
 
 def run_score(args) -> dict:
-  from reposedm_jax.study import chart, report, responses, score
   plan = responses.load_plan(args.study)
   files = response_files(args.responses)
   result = score.score_study(plan, responses.load_responses(files, plan), min_catch=args.min_catch,

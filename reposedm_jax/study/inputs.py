@@ -1,6 +1,6 @@
 """What a study is built from: the pairs, and where each pair's real and generated images are.
 
-Pairs files are read exactly as `python -m reposedm_jax.evaluate` reads them (this project's sample manifest
+Pairs files are read exactly as `python -m reposedm_jax.evaluation` reads them (this project's sample manifest
 `manifest_p*.jsonl`, a PATN/GFLA `from,to` CSV, or a PIDM `target,source[,...]` txt such as test_pairs.txt),
 and a generated image is looked up by the same names (`<src>_2_<tgt>_vis.png` and its variants), so any folder
 that evaluates also makes a study.
@@ -10,9 +10,8 @@ import dataclasses
 import logging
 import os
 
-# evaluate_cli imports jax (about 3 s); it is only needed when a study is built, never when one is scored.
-from reposedm_jax import evaluate_cli
 from reposedm_jax.data.errors import BadExampleError
+from reposedm_jax.evaluation import files as eval_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,20 +98,20 @@ def resolve_pairs(inputs: StudyInputs, kpts_fn=None) -> list[PairImages]:
   check_inputs(inputs)
   src_root = inputs.source or inputs.real
   out, dropped, seen = [], [], set()
-  for src, tgt, name in evaluate_cli.read_pairs(inputs.pairs):
+  for src, tgt, name in eval_files.read_pairs(inputs.pairs):
     if (src, tgt) in seen:
       continue  # A pair listed twice is one pair: it must not be shown twice.
     seen.add((src, tgt))
     try:
-      tgt_path = evaluate_cli.find_image(inputs.real, tgt)
+      tgt_path = eval_files.find_image(inputs.real, tgt)
       if tgt_path is None:
         raise _missing(inputs, src, tgt, 'target image', f'--real {inputs.real}', [])
-      src_path = evaluate_cli.find_image(src_root, src)
+      src_path = eval_files.find_image(src_root, src)
       if src_path is None:
         raise _missing(inputs, src, tgt, 'source image', f'--source {src_root}', [])
       gen = {}
       for method, folder in inputs.generated.items():
-        cands = ([name] if name else []) + evaluate_cli.generated_candidates(src, tgt)
+        cands = ([name] if name else []) + eval_files.generated_candidates(src, tgt)
         path = next((os.path.join(folder, c) for c in cands if os.path.isfile(os.path.join(folder, c))), None)
         if path is None:
           raise _missing(inputs, src, tgt, f'generated image of {method!r}', f'--generated {method}={folder}',
@@ -135,4 +134,4 @@ def resolve_pairs(inputs: StudyInputs, kpts_fn=None) -> list[PairImages]:
 
 def keypoint_reader(inputs: StudyInputs):
   """fn(target key, (H, W)) -> float32 [18, 2] keypoints at that size, or None without --keypoints."""
-  return evaluate_cli.load_keypoints(inputs.keypoints, inputs.keypoint_frame) if inputs.keypoints else None
+  return eval_files.load_keypoints(inputs.keypoints, inputs.keypoint_frame) if inputs.keypoints else None

@@ -27,9 +27,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.metrics import fid as fid_lib
 from reposedm_jax.metrics.lpips import PIDM_SIZE_WH
 
+# config.eval.protocol: 'standard' (every key as given) or 'pidm' (PIDM's Table 1: FID vs every training image,
+# on DeepFashion also PIDM's resize before FID and LPIPS; engine.resolve_settings applies it).
+PROTOCOLS = ('standard', 'pidm')
+# config.eval.fid_reference: '' = no FID, else a reference set of the module docstring.
+FID_REFERENCES = ('', 'test_targets', 'train_images')
 _STATS_VERSION = 1
 PIDM_STORED_HW = (256, 256)
 
@@ -148,7 +154,6 @@ def read_image_list(path: str, exists: Callable[[str], bool], to_key: Callable[[
   Raises:
     BadExampleError: 'file:line: field 'image'' for a name whose image is missing.
   """
-  from reposedm_jax.data.errors import BadExampleError  # pylint: disable=import-outside-toplevel
   keys = []
   with open(path) as f:
     for n, line in enumerate(f, start=1):

@@ -1,7 +1,7 @@
 """Input-pipeline throughput (not a test): training examples/s of the grain loader.
 
-  python -m reposedm_jax.data.bench_input --config=configs/demo.py --batches=50
-  python -m reposedm_jax.data.bench_input --config=configs/deepfashion.py --config.data.root=... \
+  python -m tools.bench_input --config=configs/demo.py --batches=50
+  python -m tools.bench_input --config=configs/deepfashion.py --config.data.root=... \
       --config.data.worker_count=8
 """
 

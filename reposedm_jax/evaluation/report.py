@@ -1,4 +1,4 @@
-"""metrics.json run description and the Markdown report of an evaluation (evaluate.py).
+"""metrics.json run description and the Markdown report of an evaluation (engine.py).
 
 The report puts the run and the copy-source baseline next to the paper's Table 1 rows for the dataset,
 then lists every metric under its protocol name, the pose judges, what was skipped and why, and which

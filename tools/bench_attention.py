@@ -1,6 +1,6 @@
 """Benchmark: local-window vs dense masked attention, forward + backward.
 
-Run: python -m reposedm_jax.models.bench_attention [--windows 7,15] [--repeats 5]
+Run: python -m tools.bench_attention [--windows 7,15] [--repeats 5]
 
 For each map size it jits grad(sum(attention(q, k, v) * g)) w.r.t. (q, k, v),
 warms it up once, and reports the best of `repeats` wall times, XLA's temp

@@ -8,14 +8,31 @@ directly. Scores come from `pose_accuracy.pose_accuracy` against the target keyp
 the dataset at evaluation resolution -> COCO-17).
 """
 
+import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from reposedm_jax import pose_estimator
 from reposedm_jax.data import keypoints as kp_lib
 from reposedm_jax.metrics import pose_accuracy
+from reposedm_jax.metrics.hrnet_judge import HrnetJudge
 
 TARGET_KEYPOINTS = 'dataset OpenPose-18 at eval resolution -> COCO-17'
+
+
+def make_hrnet_judge(config, workdir: str) -> HrnetJudge:
+  """Registry factory (pose_accuracy.JUDGE_FACTORIES['hrnet']): the project's HigherHRNet with its weights."""
+  # <workdir>/pose, not <workdir>: the workdir's own checkpoints/ are the diffusion model's.
+  path = config.eval.hrnet_dir or os.path.join(workdir, 'pose')
+  try:
+    variables, module = pose_estimator.load_pose_estimator(config, path)
+  except FileNotFoundError as e:
+    raise pose_accuracy.JudgeUnavailable(
+        f'hrnet judge: no HigherHRNet weights ({e}); set --config.eval.hrnet_dir=DIR '
+        '(a mode=train_pose run or a converted official checkpoint)') from None
+  return HrnetJudge(module, variables, config.pose.score_threshold, config.pose.checkpoint or path,
+                    config.eval.batch_size)
 
 
 class PoseScorer:

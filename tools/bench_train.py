@@ -1,8 +1,8 @@
 """Benchmark (not a test): step time, images/s, FLOPs, TFLOP/s, MFU, compile time, memory, and the split.
 
-  python -m reposedm_jax.bench --config=configs/demo.py
-  python -m reposedm_jax.bench --config=configs/deepfashion.py:variant=b2 --config.model.dtype=bfloat16
-  python -m reposedm_jax.bench --config=configs/deepfashion.py --config.train.batch_size=2 --steps=3
+  python -m tools.bench_train --config=configs/demo.py
+  python -m tools.bench_train --config=configs/deepfashion.py:variant=b2 --config.model.dtype=bfloat16
+  python -m tools.bench_train --config=configs/deepfashion.py --config.train.batch_size=2 --steps=3
 
 Uses random inputs of the config's shapes, so no dataset is needed. Timing syncs once per
 measured block, not per step.
@@ -15,7 +15,7 @@ XLA's default for float32 matmuls and convolutions there).
 
 The split times the parts of one training step as separately jitted forward + backward passes
 at the training batch: the U-Net (with its source encoder), RPA (variants b2/full), and PIF's
-gradient guidance (variant full, via reposedm_jax.pif; n/a when that is missing); 'rest' is the
+gradient guidance (variant full, reposedm_jax.pif); 'rest' is the
 step minus their sum (loss, optimizer, EMA, and what the separate calls do not share).
 """
 
@@ -29,10 +29,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from reposedm_jax import sharding, train
+from reposedm_jax import pif, pose_estimator, sharding, train, train_state
 from reposedm_jax import sample as sample_lib
 from reposedm_jax.diffusion.schedule import linear_schedule
-from reposedm_jax.models import factory
+from reposedm_jax.models import factory, hrnet
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps.')
@@ -101,14 +101,10 @@ def random_batch(config, b, rng):
 
 def guide_variables(config):
   """The frozen estimator's variables for variant full: its weights if configured, else random ones of the
-  same network (the cost does not depend on the values). None when the PIF modules are missing."""
+  same network (the cost does not depend on the values)."""
   try:
-    from reposedm_jax import guide  # pylint: disable=import-outside-toplevel
-    return guide.load_guide_variables(config, '')
-  except ImportError:
-    return None
+    return pose_estimator.load_guide_variables(config, '')
   except FileNotFoundError:
-    from reposedm_jax.models import hrnet  # pylint: disable=import-outside-toplevel
     return jax.jit(lambda r: hrnet.init_variables(hrnet.build_hrnet(config.pose), r))(jax.random.key(0))
 
 
@@ -152,11 +148,11 @@ def split_pieces(model, params, batch, config, sched, guide_vars):
   else:
     pieces['U-Net'] = (denoiser(model), (params, inputs))
   if guide_vars is not None:
-    from reposedm_jax import guide, pif  # pylint: disable=import-outside-toplevel
     out = jnp.concatenate([batch['tgt_img'], batch['tgt_img']], axis=-1)  # Stand-in (eps, v) output.
 
     def guidance(o, g, x, bt):
-      guided, extra, _ = pif.train_terms(config.pif, guide.make_heat_fn(config, g), guide.reference_heads(config),
+      guided, extra, _ = pif.train_terms(config.pif, pose_estimator.make_heat_fn(config, g),
+                                         pose_estimator.reference_heads(config),
                                          o, sched=sched, x_t=x['x_t'], t=x['t'], noise=x['src'], batch=bt)
       return jnp.mean(guided) + extra
 
@@ -172,18 +168,15 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   model = factory.build_model(config)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  tx = train.make_optimizer(config)
+  tx = train_state.make_optimizer(config)
   rng = np.random.default_rng(0)
   b = config.train.batch_size
   guide_vars, guide_note = None, 'n/a (variant has no guidance)'
   if config.variant == 'full':
-    guide_vars = guide_variables(config)
-    guide_note = 'n/a (reposedm_jax.pif / guide not importable)' if guide_vars is None else ''
-    if guide_vars is None:
-      raise SystemExit('variant=full needs reposedm_jax.guide and reposedm_jax.pif to build the train step')
+    guide_vars, guide_note = guide_variables(config), ''
 
   # State laid out as training lays it out (replicated, or FSDP with config.fsdp_axis).
-  init = lambda r: train.init_state(model, tx, config, r)  # noqa: E731
+  init = lambda r: train_state.init_state(model, tx, config, r)  # noqa: E731
   abstract = jax.eval_shape(init, jax.random.key(0))
   if guide_vars is not None:
     abstract['guide'] = jax.eval_shape(lambda: guide_vars)

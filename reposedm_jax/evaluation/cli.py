@@ -1,6 +1,6 @@
 """Standalone evaluation of a folder of generated images (the same metrics and code as eval mode).
 
-  python -m reposedm_jax.evaluate --generated DIR --reference DIR --pairs FILE [--source DIR]
+  python -m reposedm_jax.evaluation --generated DIR --reference DIR --pairs FILE [--source DIR]
       [--keypoints CSV_OR_DIR] [--dataset deepfashion|market1501|synthetic] [--protocol standard|pidm]
       [--train-dir DIR] [--no-fid] [--out DIR] [--set eval.KEY=VALUE ...]
 
@@ -32,96 +32,18 @@ like the targets (the DeepFashion root with img/: PIDM's 48,674-image reference,
 import argparse
 import ast
 import importlib
-import json
 import logging
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import List
 
-import numpy as np
-
-from reposedm_jax import eval_fid, eval_report, evaluate
-from reposedm_jax.data import deepfashion, images, names, patn, pose
 from reposedm_jax.data.errors import BadExampleError
+from reposedm_jax.evaluation import engine
+from reposedm_jax.evaluation import fid as eval_fid
+from reposedm_jax.evaluation import report as eval_report
+from reposedm_jax.evaluation.files import find_image, generated_candidates, load_keypoints, lst_key, read_pairs
 from reposedm_jax.metrics import fid as fid_lib
 
 DATASETS = ('deepfashion', 'market1501', 'synthetic')
-
-
-def read_pairs(path: str) -> List[Tuple[str, str, Optional[str]]]:
-  """(source, target, generated name or None) per pair, from any accepted pairs format."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'--pairs {path}: file not found')
-  if path.endswith('.jsonl'):
-    out = []
-    with open(path) as f:
-      for n, ln in enumerate(f, start=1):
-        if ln.strip():
-          row = json.loads(ln)
-          missing = [k for k in ('name', 'source', 'target') if k not in row]
-          if missing:
-            raise BadExampleError(path, f'manifest row lacks {missing}', line=n, field=missing[0])
-          out.append((row['source'], row['target'], row['name']))
-    return out
-  with open(path) as f:
-    first = f.readline().strip().replace(' ', '')
-  if first == ','.join(patn.PAIRS_HEADER):
-    return [(p.sources[0].split('/', 1)[1], p.target.split('/', 1)[1], None)
-            for p in patn.read_pairs_csv(path, '_')]
-  return [(p.sources[0], p.target, None) for p in deepfashion.read_pairs_txt(path)]
-
-
-def _stems(key: str) -> List[str]:
-  flat = names.fashion_name(key)
-  base = os.path.basename(key)
-  out = []
-  for name in (flat, 'deep' + flat if flat.startswith('fashion') else None, base):
-    if name:
-      out += [os.path.splitext(name)[0], name]
-  return list(dict.fromkeys(out))
-
-
-def generated_candidates(source: str, target: str) -> List[str]:
-  """File names a generated image of (source, target) may have, most likely first."""
-  out = [names.output_name(source, target)]
-  for s, t in zip(_stems(source), _stems(target)):
-    for ext in ('.png', '.jpg'):
-      out += [f'{s}_2_{t}_vis{ext}', f'{s}___{t}_vis{ext}']
-  return list(dict.fromkeys(out))
-
-
-def find_image(root: str, key: str) -> Optional[str]:
-  """Path of `key` under root (key as written, .png first; base name; fashion names), or None."""
-  store = images.FolderImages(root)
-  flat = names.fashion_name(key)
-  for cand in (key, os.path.basename(key), flat, 'deep' + flat):
-    path = store.resolve(cand)
-    if path is not None:
-      return path
-  return None
-
-
-def load_keypoints(spec: str, frame_hw) -> Callable[[str, Tuple[int, int]], np.ndarray]:
-  """--keypoints -> fn(image key, eval hw) -> float32 [18, 2] at eval resolution (BadExampleError if absent)."""
-  if os.path.isfile(spec):
-    ann = patn.read_annotations(spec, tuple(frame_hw))
-
-    def from_csv(key, hw):
-      name = os.path.basename(key)
-      if name not in ann:
-        raise BadExampleError(spec, f'no annotation row for {name!r}', field='name')
-      return pose.image_to_image(ann[name][0], frame_hw, hw)
-    return from_csv
-  if os.path.isdir(os.path.join(spec, 'pose')):
-    return lambda key, hw: pose.legacy_to_image(deepfashion.read_pose_txt(deepfashion.pose_path(spec, key)), hw)
-  raise FileNotFoundError(f'--keypoints {spec}: neither an annotation CSV nor a directory with pose/')
-
-
-def _lst_key(name: str) -> str:
-  """A .lst line -> a key find_image understands (DeepFashion fashion names -> img/... paths)."""
-  try:
-    return names.parse_fashion_name(name)
-  except ValueError:
-    return name
 
 
 def _parse_overrides(config, items: List[str]) -> None:
@@ -138,7 +60,7 @@ def _parse_overrides(config, items: List[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m reposedm_jax.evaluate', description=__doc__.split('\n\n')[0],
+  p = argparse.ArgumentParser(prog='python -m reposedm_jax.evaluation', description=__doc__.split('\n\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--generated', required=True, help='folder of generated images')
   p.add_argument('--reference', required=True, help='folder of ground-truth (target) images')
@@ -147,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--keypoints', default='', help='PATN annotation CSV or PIDM root with pose/')
   p.add_argument('--keypoint-frame', default='', help='HxW pixel frame of a CSV (default: dataset config)')
   p.add_argument('--dataset', default='deepfashion', choices=DATASETS)
-  p.add_argument('--protocol', default='standard', choices=evaluate.PROTOCOLS)
+  p.add_argument('--protocol', default='standard', choices=eval_fid.PROTOCOLS)
   p.add_argument('--train-dir', default='', help='training images for FID under --protocol pidm')
   p.add_argument('--train-list', default='', help='only these images of --train-dir (e.g. train.lst)')
   p.add_argument('--no-fid', action='store_true', help='skip FID (eval.fid_reference=\'\')')
@@ -167,7 +89,7 @@ def run(argv=None) -> dict:
   if args.no_fid:
     config.eval.fid_reference = ''
   _parse_overrides(config, args.set)
-  settings = evaluate.resolve_settings(config.eval, config.data.dataset)
+  settings = engine.resolve_settings(config.eval, config.data.dataset)
   if settings.fid_reference == 'train_images' and not args.train_dir:
     raise SystemExit("FID against the training images (--protocol pidm) needs --train-dir DIR (or --no-fid)")
 
@@ -179,7 +101,7 @@ def run(argv=None) -> dict:
     if path is None:
       missing.append(f'{src} -> {tgt} (tried {", ".join(cands[:4])}{", ..." if len(cands) > 4 else ""})')
     else:
-      items.append(evaluate.EvalItem(path, tgt, src))
+      items.append(engine.EvalItem(path, tgt, src))
   if missing and not args.skip_missing:
     raise SystemExit(f'{len(missing)} pairs of {args.pairs} have no generated image in {args.generated}, '
                      'e.g.\n  ' + '\n  '.join(missing[:5]) + '\n(--skip-missing evaluates the others)')
@@ -187,14 +109,14 @@ def run(argv=None) -> dict:
     logging.warning('%d pairs without a generated image skipped', len(missing))
   if not items:
     raise SystemExit(f'no pair of {args.pairs} has a generated image in {args.generated}')
-  hw = evaluate.read_rgb(items[0].gen_path).shape[:2]
+  hw = engine.read_rgb(items[0].gen_path).shape[:2]
 
   src_root = args.source or args.reference
   if find_image(src_root, items[0].source) is None:
     if args.source:
       raise SystemExit(f'source image {items[0].source!r} not found in --source {args.source}')
     logging.warning('sources not in --reference; no copy-source baseline (pass --source DIR)')
-    items = [evaluate.EvalItem(it.gen_path, it.target) for it in items]
+    items = [engine.EvalItem(it.gen_path, it.target) for it in items]
   frame = tuple(int(v) for v in args.keypoint_frame.split('x')) if args.keypoint_frame else \
       (config.data.ann_height, config.data.ann_width)
   kpts_fn = load_keypoints(args.keypoints, frame) if args.keypoints else None
@@ -205,36 +127,32 @@ def run(argv=None) -> dict:
     path = find_image(args.reference if is_target else src_root, key)
     if path is None:
       raise BadExampleError(args.reference if is_target else src_root, f'image {key!r} not found', field='image')
-    return evaluate.resize_to(evaluate.read_rgb(path), hw), (kpts_fn(key, hw) if kpts_fn else None)
+    return engine.resize_to(engine.read_rgb(path), hw), (kpts_fn(key, hw) if kpts_fn else None)
 
   train_ref = None
   if settings.fid_reference == 'train_images':
     if args.train_list:  # names of a .lst (fashion names) found in --train-dir like any other key
       paths = eval_fid.read_image_list(args.train_list, lambda p: p is not None,
-                                       lambda name: find_image(args.train_dir, _lst_key(name)))
+                                       lambda name: find_image(args.train_dir, lst_key(name)))
     else:
       paths = fid_lib.list_images(args.train_dir)
 
     def read_train(p):
-      img = evaluate.read_rgb(p)
+      img = engine.read_rgb(p)
       if settings.fid_pidm_resize:
         return eval_fid.pidm_inception_input(img, stretch_first=True)
-      return evaluate.resize_to(img, hw)
+      return engine.resize_to(img, hw)
     train_ref = eval_fid.TrainReference(paths, read_train, eval_fid.folder_identity(paths))
   workdir = os.path.dirname(os.path.abspath(args.generated.rstrip('/')))
-  metrics = evaluate.evaluate_pairs(items, evaluate.read_rgb, read_real, hw, settings, config=config,
+  metrics = engine.evaluate_pairs(items, engine.read_rgb, read_real, hw, settings, config=config,
                                     workdir=workdir, train_reference=train_ref)
   metrics = eval_report.describe_run(metrics, settings, dataset=config.data.dataset, variant='',
                                      inputs={k: getattr(args, k) for k in ('generated', 'reference', 'pairs',
                                                                            'source', 'keypoints', 'train_dir')})
-  evaluate.write_outputs(metrics, args.out or os.path.join(workdir, 'eval'), (config.data.dataset, *hw))
+  engine.write_outputs(metrics, args.out or os.path.join(workdir, 'eval'), (config.data.dataset, *hw))
   return metrics
 
 
 def main(argv=None) -> None:
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   run(argv)
-
-
-if __name__ == '__main__':
-  main()

@@ -3,14 +3,14 @@
 Two front ends share the engine `evaluate_pairs` (one pass, no duplicated metric loops):
 * eval mode (`--config.mode=eval`, `run_eval`): `workdir/samples` + its manifest, images and keypoints
   from the dataset at model resolution; writes `workdir/eval/metrics.{json,md}`.
-* the CLI, `python -m reposedm_jax.evaluate --generated DIR --reference DIR --pairs FILE ...`
-  (evaluate_cli.py: accepted pairs formats and how files are matched are in its docstring).
+* the CLI, `python -m reposedm_jax.evaluation --generated DIR --reference DIR --pairs FILE ...`
+  (cli.py: accepted pairs formats and how files are matched are in its docstring).
 
 Metrics (config.eval, each stored under its protocol name, with image count and resolution):
 * SSIM, every variant of `eval.ssim_variants` as 'ssim_<variant>'; `eval.ssim_variant` is the headline
   ('ssim' in metrics.json and the paper-comparison table).
 * LPIPS (`eval.lpips_net`), optionally with PIDM's 176x256 resize.
-* FID with the TF-FID Inception (eval_fid.py) vs `eval.fid_reference`.
+* FID with the TF-FID Inception (fid.py) vs `eval.fid_reference`.
 * Mask-SSIM and Mask-LPIPS with the target's limb mask (`eval.masked_metrics`, Market-1501; masked.py).
 * Pose accuracy: PCK and mean error of each judge in `eval.pose_judges` on the generated images vs the
   dataset's target keypoints (OpenPose-18 at eval resolution -> COCO-17); a judge that cannot run is
@@ -36,15 +36,20 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from reposedm_jax import eval_fid, eval_pose, eval_report, logs
+from reposedm_jax import config_lib, logs
 from reposedm_jax import sharding as sharding_lib
+from reposedm_jax.convert import inception as inception_convert
+from reposedm_jax.data import dataset, names, pipeline
+from reposedm_jax.evaluation import fid as eval_fid
+from reposedm_jax.evaluation import pose as eval_pose
+from reposedm_jax.evaluation import report as eval_report
+from reposedm_jax.metrics import fid as fid_lib
+from reposedm_jax.metrics import inception
 from reposedm_jax.metrics import lpips as lpips_lib
 from reposedm_jax.metrics import masked as masked_lib
 from reposedm_jax.metrics import pose_accuracy
 from reposedm_jax.metrics import ssim as ssim_lib
 
-PROTOCOLS = ('standard', 'pidm')
-FID_REFERENCES = ('', 'test_targets', 'train_images')
 TORCHVISION_FID_TODO = (
     'FID with torchvision ImageNet Inception-v3 weights (eval.fid_torchvision_weights) is not implemented: '
     'the Flax InceptionV3 (metrics/inception.py) is the TF-FID graph and lacks torchvision\'s variant '
@@ -88,24 +93,12 @@ def resolve_settings(eval_cfg, dataset: str) -> EvalSettings:
   before LPIPS. 'standard' takes every key as given.
 
   Raises:
-    ValueError: an unknown protocol, SSIM variant or FID reference (all listed at once).
+    config_lib.ConfigError (a ValueError): any value config_lib.validate_eval rejects (all listed at once).
     NotImplementedError: eval.fid_torchvision_weights is set (see TORCHVISION_FID_TODO).
   """
   e = eval_cfg
-  problems = []
-  if e.protocol not in PROTOCOLS:
-    problems.append(f'eval.protocol={e.protocol!r} must be one of {PROTOCOLS}')
+  config_lib.validate_eval(e)
   variants = tuple(dict.fromkeys((e.ssim_variant, *e.ssim_variants)))  # headline first, no repeats
-  problems += [f'eval.ssim_variants: unknown SSIM variant {v!r}; known: {sorted(ssim_lib.VARIANTS)}'
-               for v in variants if v not in ssim_lib.VARIANTS]
-  if e.fid_reference not in FID_REFERENCES:
-    problems.append(f'eval.fid_reference={e.fid_reference!r} must be one of {FID_REFERENCES}')
-  if e.lpips_net not in ('', 'alex', 'vgg'):
-    problems.append(f"eval.lpips_net={e.lpips_net!r} must be 'alex', 'vgg' or ''")
-  if e.batch_size < 1:
-    problems.append(f'eval.batch_size={e.batch_size} must be positive')
-  if problems:
-    raise ValueError('Invalid eval config:\n  - ' + '\n  - '.join(problems))
   if e.fid_torchvision_weights:
     raise NotImplementedError(f'{e.fid_torchvision_weights}: {TORCHVISION_FID_TODO}')
   pidm = e.protocol == 'pidm'
@@ -207,10 +200,9 @@ def evaluate_pairs(items: Sequence[EvalItem], read_gen: Callable[[str], np.ndarr
   scores = {key: {'generated': [], 'copy_source_baseline': []} for key, _, _ in metrics}
   bank = None
   if settings.fid_reference:
-    from reposedm_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
-    from reposedm_jax.metrics import inception  # pylint: disable=import-outside-toplevel
     try:
-      extractor = inception.FeatureExtractor(batch_size=bs, sharding=sharding)
+      extractor = inception.FeatureExtractor(inception_convert.load_inception_params(), batch_size=bs,
+                                             sharding=sharding)
       bank = eval_fid.FeatureBank(extractor, bs, settings.fid_pidm_resize)
     except FileNotFoundError as e:
       notes['fid'] = f'{e} (expected file sha256 {inception_convert.EXPECTED_SHA256})'
@@ -343,7 +335,6 @@ def write_outputs(metrics: dict, out_dir: str, paper_key) -> None:
 
 def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
   """Eval mode: `workdir/samples` (manifest from sample mode) vs the test split -> workdir/eval/."""
-  from reposedm_jax.data import dataset, pipeline  # pylint: disable=import-outside-toplevel
   if batch_size is not None:
     config = config.copy_and_resolve_references()
     config.eval.batch_size = batch_size
@@ -369,8 +360,6 @@ def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
 def reference_keys(data_cfg, train) -> List[str]:
   """The training images of the FID reference: DeepFashion's <root>/train.lst when present (PIDM's
   48,674-image set), every file of a PATN <root>/train/ folder, else every image of the training pairs."""
-  from reposedm_jax.data import names  # pylint: disable=import-outside-toplevel
-  from reposedm_jax.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
   lst = os.path.join(data_cfg.root, 'train.lst')
   if data_cfg.format == 'pidm' and os.path.isfile(lst):
     return eval_fid.read_image_list(lst, train.images.exists, names.parse_fashion_name)
@@ -393,8 +382,3 @@ def split_reference(data_cfg, train, hw, pidm_resize: bool) -> eval_fid.TrainRef
   else:  # PIDM's LMDB: the database file
     identity = eval_fid.folder_identity([os.path.join(getattr(store, 'path', ''), 'data.mdb')])
   return eval_fid.TrainReference(keys, read, identity)
-
-
-if __name__ == '__main__':
-  from reposedm_jax import evaluate_cli  # pylint: disable=import-outside-toplevel
-  evaluate_cli.main()
