@@ -6,7 +6,6 @@ fold_in(seed, step), so resuming needs no RNG checkpoint and 2 + 2 steps equal 4
 
 import functools
 import json
-import logging
 import os
 import time
 

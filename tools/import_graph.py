@@ -13,7 +13,7 @@ import argparse
 import ast
 import os
 import sys
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Tuple
 
 PACKAGE = 'reposedm_jax'
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
