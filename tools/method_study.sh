@@ -2,7 +2,9 @@
 # The equal-steps measurements behind issue 13's defaults (demo data, 2-core CPU). Resumable: every stage
 # skips what exists (training always reruns: it resumes from its checkpoint and returns at once when done).
 #
-# Usage: tools/method_study.sh [BASE] [FT]   (defaults 800 400)
+# Usage: tools/method_study.sh [BASE] [FT] [PART]   (defaults 800 400 all)
+#   PART: base | a | b | all. After `base`, `a` (B1 control, B2-input, PIF) and `b` (the other B2 rows) touch
+#   disjoint workdirs, so two processes can run them side by side.
 #   1. B1 trained from scratch for BASE steps (seed 0, demo data).
 #   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
 #      function) and trains FT more diffusion steps with the same seed, data order and recipe; `b1_ft` is the
@@ -17,6 +19,7 @@ set -u
 cd "$(dirname "$0")/.."
 BASE=${1:-800}
 FT=${2:-400}
+PART=${3:-all}
 PIF_FT=${PIF_FT:-200}
 P=100  # RPA-only pre-training steps inside FT's budget of the `_pre` runs (U-Net frozen meanwhile)
 export XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$PWD/.jax_cache \
@@ -49,31 +52,39 @@ run() {  # name, config arg, extra overrides...
   sample_eval $OUT/$name $cfg "$@"
 }
 FROM_B1="--config.init_from=$OUT/b1"
-run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
-run b1_ft variant=b1 $FROM_B1 --config.train.num_steps=$FT
-run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
-  --config.train.num_steps=$((FT+P))
-# PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): scale x window.
-if test -f $OUT/b2_input_pre/eval/metrics.json; then
-  for st in 0:999 0.1:999 0.3:999 1:999 3:999 1:300 3:300; do
-    s=${st%:*} t=${st#*:}
+test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
+S_MODE=${S_MODE:-1}
+part_a() {
+  run b1_ft variant=b1 $FROM_B1 --config.train.num_steps=$FT
+  run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P)) || return 1
+  # PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): scale x window.
+  for st in 0:999 0.3:999 1:999 3:999 1:300 3:300; do
+    local s=${st%:*} t=${st#*:}
     sample_eval $OUT/pif_s${s}_t$t variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
       --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t
   done
-fi
-run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
-  --config.train.num_steps=$((FT+P))
-run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
-# The training modes: PIF_FT more steps from B2-input, each sampled at scale $S_MODE (and s = 0).
-S_MODE=${S_MODE:-1}
-for mode in off literal penalty; do
-  for s in $S_MODE 0; do
-    wd=$OUT/mode_${mode}
+  # The training modes: PIF_FT more steps from B2-input (off = the control), sampled at S_MODE; literal and
+  # penalty also unguided (s = 0), to see what the training itself did.
+  for ms in off:$S_MODE literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
+    local mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
     $M --config=configs/demo.py:variant=full --workdir=$wd $NOGRID --config.init_from=$OUT/b2_input_pre $GUIDE \
-      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.train.num_steps=$PIF_FT || break
+      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.train.num_steps=$PIF_FT || continue
     sample_eval $wd/s$s variant=full --config.init_from=$wd $GUIDE --config.rpa.aligned_path=input \
       --config.pif.sample_scale=$s
   done
-done
-run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
-  --config.train.num_steps=$((FT+P))
+}
+part_b() {
+  run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P))
+  run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
+  run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P))
+}
+case $PART in
+  base) ;;
+  a) part_a ;;
+  b) part_b ;;
+  all) part_a; part_b ;;
+  *) echo "PART must be base, a, b or all, not $PART" >&2; exit 2 ;;
+esac
