@@ -59,13 +59,19 @@ part_a() {
   run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P)) || return 1
   # PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): scale x window.
-  for st in 0:999 0.3:999 1:999 3:999 1:300 3:300; do
+  for st in 0:999 1:999 0.3:999 3:999 1:300 3:300; do
     local s=${st%:*} t=${st#*:}
     sample_eval $OUT/pif_s${s}_t$t variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
       --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t
   done
+}
+part_b() {
+  run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P))
   # The training modes: PIF_FT more steps from B2-input (off = the control), sampled at S_MODE; literal and
   # penalty also unguided (s = 0), to see what the training itself did.
+  # They start from part a's B2-input run: wait for it.
+  until test -f $OUT/b2_input_pre/eval/metrics.json; do sleep 60; done
   for ms in off:$S_MODE literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
     local mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
     $M --config=configs/demo.py:variant=full --workdir=$wd $NOGRID --config.init_from=$OUT/b2_input_pre $GUIDE \
@@ -73,10 +79,6 @@ part_a() {
     sample_eval $wd/s$s variant=full --config.init_from=$wd $GUIDE --config.rpa.aligned_path=input \
       --config.pif.sample_scale=$s
   done
-}
-part_b() {
-  run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
-    --config.train.num_steps=$((FT+P))
   run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
   run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P))
