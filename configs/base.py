@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   # least train.fsdp_min_size elements along its largest divisible dim); '' = replicated (data parallel).
   # 'data' shards them over the data-parallel devices themselves (ZeRO-3).
   config.fsdp_axis = ''
-  # Orbax checkpoint dir or converted-weights dir to start from when the workdir has no checkpoint.
+  # Where to start when the workdir has no checkpoint: a converted-weights dir (params pytree) or another
+  # run's workdir (its latest EMA params). A B1 / PIDM tree also starts b2 and full, at B1's function.
   config.init_from = ''
 
   # ---------------------------------------------------------------- data

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state and the grain iterator, with auto-resume.
 
-Resume order (STYLE.md): the workdir's latest checkpoint, else `config.init_from`
-(converted weights: a params pytree saved by a converter), else scratch.
+Resume order (STYLE.md): the workdir's latest checkpoint, else `config.init_from` (converted weights: a
+params pytree saved by a converter, or another run's workdir: its latest EMA params), else scratch.
 """
 
 import logging
@@ -75,8 +75,24 @@ def _is_added_by_b2(path: tuple) -> bool:
   return path[0] == 'rpa' or any('aligned' in part for part in path)
 
 
+def _params_source(path: str):
+  """(orbax item dir, key prefix of the params in it) for a params dir or a training workdir.
+
+  A workdir (it has `checkpoints/`) gives its latest step's EMA params: the weights its samples and
+  metrics come from, so `--config.init_from=runs/b1` starts from exactly the B1 that was evaluated.
+  """
+  ckpts = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(ckpts):
+    return path, ()
+  # Orbax renames a finished step's temporary dir to its step number, so digit-named dirs are complete.
+  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  if not steps:
+    raise ValueError(f'{path} is a training workdir without a finished checkpoint in {ckpts}')
+  return os.path.join(ckpts, str(steps[-1]), 'state'), ('ema_params',)
+
+
 def load_params(path: str, abstract_params, fresh_params=None):
-  """Loads a params pytree saved with `ocp.StandardCheckpointer` (a converter, export or init_from dir).
+  """Loads params from a params pytree dir (a converter or export) or a training workdir (its latest EMA).
 
   A B1 tree (PIDM's converter output, a B1 run's params) also loads into b2 / full: it goes under
   'unet', and the parameters B2 adds (rpa/, *aligned*) keep their values from `fresh_params` (their
@@ -84,17 +100,29 @@ def load_params(path: str, abstract_params, fresh_params=None):
   the unexpected, missing and mis-shaped names.
   """
   path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path)
+  item_dir, prefix = _params_source(path)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(item_dir)
     meta = getattr(meta, 'item_metadata', meta)
     meta = getattr(meta, 'tree', meta)
-    stored = {tuple(str(getattr(k, 'key', k)) for k in kp): m
-              for kp, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+    stored = {p[len(prefix):]: m for p, m in ((tuple(str(getattr(k, 'key', k)) for k in kp), m)
+                                               for kp, m in jax.tree_util.tree_flatten_with_path(meta)[0])
+              if p[:len(prefix)] == prefix}
+    if not stored:
+      raise ValueError(f'{item_dir} holds no parameters under {"/".join(prefix) or "its root"}')
     target = {tuple(str(getattr(k, 'key', k)) for k in kp): a
               for kp, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+
+    def restore(flat_abstract):  # {stored path: abstract} -> {stored path: array}
+      item = traverse_util.unflatten_dict({prefix + q: a for q, a in flat_abstract.items()})
+      args = ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                    partial_restore=bool(prefix))
+      flat = traverse_util.flatten_dict(ckptr.restore(item_dir, args=args))
+      return {q[len(prefix):]: v for q, v in flat.items()}
+
     if set(stored) == set(target):
-      params = ckptr.restore(path, abstract_params)
-      logging.info('Initialised params from %s', path)
+      params = traverse_util.unflatten_dict(restore(target))
+      logging.info('Initialised params from %s', item_dir)
       return params
     nest = 'unet' in {p[0] for p in target} and 'unet' not in {p[0] for p in stored}
     mapped = {(('unet',) + p if nest else p): p for p in stored}
@@ -108,12 +136,11 @@ def load_params(path: str, abstract_params, fresh_params=None):
       why += ['the new parameters need a fresh initialisation here'] * (fresh_params is None)
       raise ValueError(f'{path} does not match the model ({len(stored)} stored vs {len(target)} model '
                        f'parameters): ' + '; '.join(why))
-    abstract_stored = traverse_util.unflatten_dict({q: target[p] for p, q in mapped.items()})
-    loaded = traverse_util.flatten_dict(ckptr.restore(path, abstract_stored))
+    loaded = restore({q: target[p] for p, q in mapped.items()})
   flat = traverse_util.flatten_dict(fresh_params)
   flat.update({p: loaded[q] for p, q in mapped.items()})
   logging.info('Initialised %d of %d params from %s (B1 tree under unet/; the B2 additions fresh)', len(mapped),
-               len(flat), path)
+               len(flat), item_dir)
   return traverse_util.unflatten_dict(flat)
 
 

@@ -215,7 +215,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- Final / preemption checkpoint (all processes: orbax writes each one's shards)
   checkpoint.finish(manager, step, state, data_iter, stopped=stopped)
   writer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
+  summary = os.path.join(workdir, 'train_summary.json')
+  # A rerun of a finished run trains nothing: keep the summary of the run that did the work.
+  if jax.process_index() == 0 and (step > first_step or not os.path.exists(summary)):
+    with open(summary, 'w') as f:
       json.dump({'step': step, 'metrics': last, 'preempted': stopped}, f, indent=1)
   return {'step': step, **last}

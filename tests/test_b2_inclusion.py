@@ -114,3 +114,31 @@ def test_has_source_marks_the_null_condition():
   src = np.ones((3, 4, 4, 3), np.float32)
   src[1] = 0
   np.testing.assert_array_equal(np.asarray(has_source(jnp.asarray(src))), [1, 0, 1])
+
+
+def test_training_workdir_as_init_from_gives_its_latest_ema(tmp_path):
+  """`--config.init_from=<B1 workdir>`: the latest step's EMA params, nested under unet/ for b2."""
+  b1 = _b1_params()
+  raw = jax.tree.map(lambda v: v + 1.0, b1)
+  workdir = str(tmp_path / 'b1_run')
+  manager = checkpoint.make_manager(workdir, keep=2)
+  for step, ema in ((2, raw), (4, b1)):  # the older step must not be the one read
+    checkpoint.save(manager, step, {'params': raw, 'ema_params': ema, 'step': jnp.int32(step)})
+  manager.wait_until_finished()
+  manager.close()
+  config = _config('b2', 'input')
+  fresh = factory.init_params(factory.build_model(config), config, jax.random.key(3))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fresh)
+  params = checkpoint.load_params(workdir, abstract, fresh_params=fresh)
+  got, want, init = (traverse_util.flatten_dict(t) for t in (params, b1, fresh))
+  for key, value in got.items():  # B1's tensors from the EMA; what B2 adds (rpa/, *aligned*) fresh
+    expected = want[key[1:]] if key[0] == 'unet' and key[1:] in want else init[key]
+    np.testing.assert_array_equal(value, expected, err_msg='/'.join(key))
+  assert len(got) == len(want) + sum(k[0] == 'rpa' or 'aligned' in '/'.join(k) for k in got)
+  # Same variant: the EMA tree loads as it is.
+  b1_abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), b1)
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_params(workdir, b1_abstract), b1)
+  empty = tmp_path / 'empty_run' / 'checkpoints'
+  empty.mkdir(parents=True)
+  with pytest.raises(ValueError, match='without a finished checkpoint'):
+    checkpoint.load_params(str(empty.parent), abstract, fresh_params=fresh)

@@ -1,31 +1,92 @@
 #!/usr/bin/env bash
-# The equal-steps measurements behind issue 13's defaults (demo data, 2-core CPU). Resumable: each stage
-# skips what exists. Usage: tools/method_study.sh STEPS (default 400). Validation = runs/val_data (seed 1
-# identities, never the test pairs).
+# The equal-steps measurements behind issue 13's defaults (demo data, 2-core CPU). Resumable: every stage
+# skips what exists (training always reruns: it resumes from its checkpoint and returns at once when done).
+#
+# Usage: tools/method_study.sh [BASE] [FT] [PART]   (defaults 800 400 all)
+#   PART: base | a | b | all. After `base`, `a` (B1 control, B2-input, PIF) and `b` (the other B2 rows) touch
+#   disjoint workdirs, so two processes can run them side by side.
+#   1. B1 trained from scratch for BASE steps (seed 0, demo data).
+#   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
+#      function) and trains FT more diffusion steps with the same seed, data order and recipe; `b1_ft` is the
+#      control (B1 restarted the same way), so every row has had BASE + FT diffusion steps.
+#   3. PIF on top of B2-input: a guidance-scale x t-window sweep at sampling, and the three training modes
+#      (PIF_FT more steps from the B2-input run).
+# Every model is sampled on 32 pairs of a *validation* set (runs/val_data: 30 identities of generator seed 1,
+# never the demo test pairs) with DDPM 50 + CFG 2 and the same sampling seed, and evaluated with SSIM / LPIPS /
+# FID(32) and an independent pose judge (HigherHRNet trained from seed 1; the guiding one is seed 0).
+# `python tools/method_study_table.py` prints the table.
 set -u
 cd "$(dirname "$0")/.."
-STEPS=${1:-400}
+BASE=${1:-800}
+FT=${2:-400}
+PART=${3:-all}
+PIF_FT=${PIF_FT:-200}
+P=100  # RPA-only pre-training steps inside FT's budget of the `_pre` runs (U-Net frozen meanwhile)
 export XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$PWD/.jax_cache \
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 PY=.venv/bin/python
 M="$PY -m reposedm_jax.main"
+NOGRID=--config.train.sample_every=1000000
 OUT=runs/study13
 VAL="--config.data.root=runs/val_data --config.data.max_test_pairs=32"
+JUDGE="--config.eval.hrnet_dir=$OUT/judge/pose --config.eval.pose_judges=('hrnet',) --config.eval.fid_reference=test_targets"
+GUIDE="--config.pose.checkpoint=$OUT/guide/pose"
+test -f runs/demo/data/test_pairs.txt || $PY -m reposedm_jax.data.synthetic --out runs/demo/data --seed 0 \
+  --identities 60 --views-per-identity 5 --height 64 --width 44
 test -f runs/val_data/test_pairs.txt || $PY -m reposedm_jax.data.synthetic --out runs/val_data --seed 1 \
   --identities 30 --views-per-identity 5 --height 64 --width 44 --test-fraction 1.0
-run() {  # name, config arg, extra overrides...
-  local name=$1 cfg=$2; shift 2
-  local wd=$OUT/$name
-  # Always (re)run training: it resumes from the workdir's checkpoint and returns at once when complete
-  # (train_summary.json also exists after a preemption, so it is not a completion marker).
-  $M --config=configs/demo.py:$cfg --workdir=$wd --config.train.sample_every=100000 "$@" || return 1
+# The pose estimators (demo recipe, 600 steps): seed 0 guides, seed 1 judges.
+test -f $OUT/guide/pose/pose_eval.json || $M --config=configs/demo.py --workdir=$OUT/guide --config.mode=train_pose || exit 1
+test -f $OUT/judge/pose/pose_eval.json || $M --config=configs/demo.py --workdir=$OUT/judge --config.mode=train_pose \
+  --config.seed=1 || exit 1
+
+sample_eval() {  # workdir, config arg, extra overrides (sampling / model switches)...
+  local wd=$1 cfg=$2; shift 2
   test -f $wd/samples/manifest_p0.jsonl || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=sample $VAL \
     --config.sample.rpa_strips=False "$@" || return 1
-  test -f $wd/eval/metrics.json || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=eval $VAL \
-    "--config.eval.pose_judges=()" --config.eval.fid_reference=test_targets "$@"
+  test -f $wd/eval/metrics.json || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=eval $VAL $JUDGE "$@"
 }
-run b1 variant=b1 --config.train.num_steps=$STEPS
-P=100  # RPA-only pre-training steps (cheap), then $STEPS diffusion steps
-run b2_input variant=b2 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P --config.train.num_steps=$((STEPS+P))
-run b2_tokens variant=b2 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P --config.train.num_steps=$((STEPS+P))
-run b2_replace variant=b2 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P --config.train.num_steps=$((STEPS+P))
+run() {  # name, config arg, extra overrides...
+  local name=$1 cfg=$2; shift 2
+  $M --config=configs/demo.py:$cfg --workdir=$OUT/$name $NOGRID "$@" || return 1
+  sample_eval $OUT/$name $cfg "$@"
+}
+FROM_B1="--config.init_from=$OUT/b1"
+test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
+S_MODE=${S_MODE:-1}
+part_a() {
+  run b1_ft variant=b1 $FROM_B1 --config.train.num_steps=$FT
+  run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P)) || return 1
+  # PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): scale x window.
+  for st in 0:999 1:999 0.3:999 3:999 1:300 3:300; do
+    local s=${st%:*} t=${st#*:}
+    sample_eval $OUT/pif_s${s}_t$t variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
+      --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t
+  done
+}
+part_b() {
+  run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P))
+  # The training modes: PIF_FT more steps from B2-input (off = the control), sampled at S_MODE; literal and
+  # penalty also unguided (s = 0), to see what the training itself did.
+  # They start from part a's B2-input run: wait for it.
+  until test -f $OUT/b2_input_pre/eval/metrics.json; do sleep 60; done
+  for ms in off:$S_MODE literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
+    local mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
+    $M --config=configs/demo.py:variant=full --workdir=$wd $NOGRID --config.init_from=$OUT/b2_input_pre $GUIDE \
+      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.train.num_steps=$PIF_FT || continue
+    sample_eval $wd/s$s variant=full --config.init_from=$wd $GUIDE --config.rpa.aligned_path=input \
+      --config.pif.sample_scale=$s
+  done
+  run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
+  run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
+    --config.train.num_steps=$((FT+P))
+}
+case $PART in
+  base) ;;
+  a) part_a ;;
+  b) part_b ;;
+  all) part_a; part_b ;;
+  *) echo "PART must be base, a, b or all, not $PART" >&2; exit 2 ;;
+esac
