@@ -52,6 +52,10 @@ class Progress:
     self.t0, self.s0 = time.time(), first_step
     self.t_last, self.s_last = self.t0, first_step
 
+  def exclude(self, seconds: float) -> None:
+    """Keeps `seconds` (e.g. a compile) out of the next rate and the ETA."""
+    self.t_last += seconds
+
   def rate(self, step: int) -> float:
     now = time.time()
     rate = (step - self.s_last) / max(now - self.t_last, 1e-9)

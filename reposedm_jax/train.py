@@ -176,6 +176,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- Train loop
   step = first_step
   data_wait, wait_steps = 0.0, 0
+  compiled = set()
   try:
     while step < tcfg.num_steps and not stopped:
       # Data wait: host time blocked on the input pipeline. Dispatch is asynchronous, so the device is
@@ -185,7 +186,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       data_wait += time.perf_counter() - t_wait
       wait_steps += 1
       in_pretrain = pretrain_fn is not None and step < config.rpa.pretrain_steps
-      state, metrics = (pretrain_fn if in_pretrain else step_fn)(state, batch, base_rng)
+      fn = pretrain_fn if in_pretrain else step_fn
+      t_call = time.perf_counter()
+      state, metrics = fn(state, batch, base_rng)
+      if fn not in compiled:  # Its first call compiles: reported, and kept out of the steps/s rate.
+        jax.block_until_ready(metrics)
+        took = time.perf_counter() - t_call
+        compiled.add(fn)
+        progress.exclude(took)
+        logs.log_line(f"{'RPA pre-training' if in_pretrain else 'Train'} step compiled (and run once) in "
+                      f'{took:.1f} s')
       step += 1
       if step % tcfg.log_every == 0 or step == tcfg.num_steps:
         last = logs.fetch_metrics(metrics, step)

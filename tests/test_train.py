@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import Mesh
 
 from configs import demo
-from reposedm_jax import sharding, train, train_state
+from reposedm_jax import logs, sharding, train, train_state
 from reposedm_jax.data import synthetic
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
@@ -157,3 +157,14 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
   assert len(pngs) == 8
   assert os.listdir(os.path.join(workdir, 'samples', 'grids'))
   assert os.path.exists(os.path.join(workdir, 'tb'))
+
+
+def test_progress_rate_leaves_out_compile_time(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(logs.time, 'time', lambda: clock[0])
+  progress = logs.Progress(total_steps=100, first_step=0)
+  clock[0] = 130.0  # 10 steps in 30 s, 20 s of which compiled the step
+  progress.exclude(20.0)
+  assert progress.rate(10) == pytest.approx(1.0)
+  clock[0] = 140.0
+  assert progress.rate(20) == pytest.approx(1.0)  # excluded once, not again
