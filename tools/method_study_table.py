@@ -30,7 +30,12 @@ def main(root='runs/study13'):
     first = first or m
     print(_row(os.path.relpath(os.path.dirname(os.path.dirname(path)), root), m))
   print(_row('copy source', first, 'copy_source_baseline'))
-  print(_row('ground truth (judge ceiling)', first, 'ground_truth'))
+  judge = os.path.join(root, 'judge', 'pose', 'pose_eval.json')
+  if os.path.exists(judge):  # the judge's own accuracy on real held-out images: the ceiling of the PCK columns
+    with open(judge) as f:
+      h = json.load(f)['heldout']
+    print(f"\njudge on {h['images']} real held-out images: PCK@0.05 {h['pck@0.05']:.4f}, PCK@0.1 {h['pck@0.1']:.4f}, "
+          f"error {h['mean_error_px']:.2f} px")
 
 
 if __name__ == '__main__':
