@@ -88,16 +88,16 @@ def _restore_run_variables(pose_dir: str):
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
-def load_pose_estimator(config, workdir_or_dir: str):
+def load_pose_estimator(config, workdir_or_dir: str, use_pose_checkpoint: bool = True):
   """The frozen estimator: (variables {'params', 'batch_stats'} as jax arrays, HigherHRNet module).
 
-  Looks, in order, at `config.pose.checkpoint` if set, else `workdir_or_dir`; each may be a train_pose
+  Looks at `config.pose.checkpoint` if set (and `use_pose_checkpoint`), else `workdir_or_dir`; each may be a train_pose
   dir (<workdir>/pose: its latest checkpoint, else its exported `variables`), a converted official
   checkpoint dir, or a workdir holding pose/. The weights must match `config.pose.arch` exactly.
   Apply with `module.apply(variables, images, train=False)`.
   """
   module = hrnet.build_hrnet(config.pose)
-  root = config.pose.checkpoint or workdir_or_dir
+  root = (config.pose.checkpoint if use_pose_checkpoint else '') or workdir_or_dir
   candidates = [root, os.path.join(root, 'pose')]
   for path in candidates:
     variables = _restore_run_variables(path)

@@ -11,6 +11,7 @@ import pytest
 
 from configs import demo
 from reposedm_jax import pose_estimator, pose_train
+from reposedm_jax.evaluation import pose as eval_pose
 from reposedm_jax.convert import hrnet as hrnet_convert
 from reposedm_jax.data import synthetic
 from reposedm_jax.data.keypoints import OPENPOSE_TO_COCO
@@ -145,3 +146,21 @@ def test_trained_small_estimator_reaches_pck_on_heldout_synthetic(tmp_path):
   assert acc['images'] == 100 and acc['joints'] > 1000
   assert acc['pck@0.1'] >= 0.9, acc
   assert json.load(open(os.path.join(workdir, 'pose', 'pose_eval.json')))['heldout'] == acc
+
+
+def test_explicit_judge_dir_wins_over_the_guiding_estimator(tmp_path, monkeypatch):
+  """eval.hrnet_dir (the independent judge) is used even when pose.checkpoint (the guide) is set."""
+  monkeypatch.setitem(hrnet.PRESETS, 'tiny', TINY_ARCH)
+  config = _pose_config(tmp_path, 'tiny')
+  module = hrnet.build_hrnet('tiny')
+  guide, judge = (jax.device_get(hrnet.init_variables(module, jax.random.key(s))) for s in (0, 1))
+  hrnet_convert.save_hrnet(guide, tmp_path / 'guide', {'arch': 'tiny'})
+  hrnet_convert.save_hrnet(judge, tmp_path / 'judge', {'arch': 'tiny'})
+  config.pose.checkpoint = str(tmp_path / 'guide')
+  config.eval.hrnet_dir = str(tmp_path / 'judge')
+  made = eval_pose.make_hrnet_judge(config, str(tmp_path / 'run'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(made._variables), judge)
+  assert str(tmp_path / "judge") in made.description
+  config.eval.hrnet_dir = ''  # no explicit judge: the estimator of pose.checkpoint, as before
+  made = eval_pose.make_hrnet_judge(config, str(tmp_path / 'run'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(made._variables), guide)

@@ -24,14 +24,16 @@ TARGET_KEYPOINTS = 'dataset OpenPose-18 at eval resolution -> COCO-17'
 def make_hrnet_judge(config, workdir: str) -> HrnetJudge:
   """Registry factory (pose_accuracy.JUDGE_FACTORIES['hrnet']): the project's HigherHRNet with its weights."""
   # <workdir>/pose, not <workdir>: the workdir's own checkpoints/ are the diffusion model's.
-  path = config.eval.hrnet_dir or os.path.join(workdir, 'pose')
+  # An explicit judge (eval.hrnet_dir) wins over pose.checkpoint, which is the *guiding* estimator of
+  # variant=full: judging guided samples with the estimator that guided them would only measure overfitting.
+  path = config.eval.hrnet_dir or config.pose.checkpoint or os.path.join(workdir, 'pose')
   try:
-    variables, module = pose_estimator.load_pose_estimator(config, path)
+    variables, module = pose_estimator.load_pose_estimator(config, path, use_pose_checkpoint=False)
   except FileNotFoundError as e:
     raise pose_accuracy.JudgeUnavailable(
         f'hrnet judge: no HigherHRNet weights ({e}); set --config.eval.hrnet_dir=DIR '
         '(a mode=train_pose run or a converted official checkpoint)') from None
-  return HrnetJudge(module, variables, config.pose.score_threshold, config.pose.checkpoint or path,
+  return HrnetJudge(module, variables, config.pose.score_threshold, path,
                     config.eval.batch_size)
 
 

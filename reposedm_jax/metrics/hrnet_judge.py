@@ -4,8 +4,8 @@ Not an independent judge: a model guided by this network can learn to please it.
 independent BlazePose judge (mediapipe_judge.py), never alone.
 
 Weights: the registry's factory (`evaluation.pose.make_hrnet_judge`) loads them with
-`pose_estimator.load_pose_estimator` from `config.pose.checkpoint` if set, else `config.eval.hrnet_dir`,
-else the run's own <workdir>/pose; when none holds weights it raises JudgeUnavailable and eval records
+`pose_estimator.load_pose_estimator` from `config.eval.hrnet_dir` if set (an independent judge, e.g. another
+seed), else `config.pose.checkpoint`, else the run's own <workdir>/pose; when none holds weights it raises JudgeUnavailable and eval records
 the reason instead of a score.
 
 Detection: images [-1, 1] -> `aggregate_heatmaps` (stride-4 and stride-2 maps averaged at stride 2) ->
