@@ -84,11 +84,13 @@ def _params_source(path: str):
   ckpts = os.path.join(path, 'checkpoints')
   if not os.path.isdir(ckpts):
     return path, ()
-  # Orbax renames a finished step's temporary dir to its step number, so digit-named dirs are complete.
-  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  if not steps:
+  # The same manager training writes with (read-only: it must not create or clean anything here).
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(ckpts, options=options, item_names=('state', 'data')) as manager:
+    step = manager.latest_step()
+  if step is None:
     raise ValueError(f'{path} is a training workdir without a finished checkpoint in {ckpts}')
-  return os.path.join(ckpts, str(steps[-1]), 'state'), ('ema_params',)
+  return os.path.join(ckpts, str(step), 'state'), ('ema_params',)
 
 
 def load_params(path: str, abstract_params, fresh_params=None):
