@@ -150,6 +150,10 @@ def get_config() -> ml_collections.ConfigDict:
   pif.normalize = 'sum'
   # Sampling guidance only at timesteps t <= sample_t_max (original 0..T-1 scale).
   pif.sample_t_max = 999
+  # Low-pass ∇G with a Gaussian of this std in image pixels before it enters eq. 16 (and eq. 15 in literal
+  # training); 0 = the raw gradient. `pif.low_pass`: a non-robust estimator's gradient is mostly adversarial
+  # high-frequency texture that a second estimator does not read (WORKSPACE.md, issue-13 measurements).
+  pif.grad_blur = 0.0
   # Eq. 16 multiplies the guidance term by the CFG scale w_c.
   pif.sample_times_cfg = True
   # W_h threshold on the summed heatmaps (paper: 0.1).

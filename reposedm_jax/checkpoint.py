@@ -70,6 +70,22 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
   return restored['state']
 
 
+def restore_here(manager: ocp.CheckpointManager, step: int, item: str = 'state'):
+  """One item of `step` restored onto this process's first device, whatever topology saved it.
+
+  A bare StandardRestore() reuses the saved shardings, so a run trained on 2 devices (or a pod) could not
+  be read by a 1-device evaluation; the target here comes from the stored shapes and dtypes.
+  """
+  # The manager has no handler for `item` before its first restore, so its metadata comes from the item dir.
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.join(str(manager.directory), str(step), item))
+  meta = getattr(meta, 'item_metadata', meta)
+  meta = getattr(meta, 'tree', meta)
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), meta)
+  return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
+
+
 def _is_added_by_b2(path: tuple) -> bool:
   """Parameters B2 / RePoseDM add to B1 (RPA and the zero-initialised aligned-source paths)."""
   return path[0] == 'rpa' or any('aligned' in part for part in path)

@@ -43,6 +43,7 @@ def validate(config) -> None:
   _check(0 < f.train_fraction <= 1, f'pif.train_fraction={f.train_fraction} must be in (0, 1]', p)
   _check(f.train_mode in pif.TRAIN_MODES, f'pif.train_mode={f.train_mode!r} must be one of {pif.TRAIN_MODES}', p)
   _check(f.normalize in pif.NORMALIZE, f'pif.normalize={f.normalize!r} must be one of {pif.NORMALIZE}', p)
+  _check(f.grad_blur >= 0, f'pif.grad_blur={f.grad_blur} must be >= 0 (pixels; 0 = off)', p)
   _check(f.penalty_weight >= 0, f'pif.penalty_weight={f.penalty_weight} must be >= 0', p)
   r = config.rpa
   _check(r.aligned_path in aligned.ALIGNED_PATHS,

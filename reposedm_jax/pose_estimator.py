@@ -7,6 +7,7 @@ variables travel in the training state as state['guide'] (checkpointed with it, 
 with exactly the estimator it started with; never updated by the optimizer).
 """
 
+import json
 import logging
 import os
 from typing import Any, Dict
@@ -14,7 +15,6 @@ from typing import Any, Dict
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from reposedm_jax import checkpoint
 from reposedm_jax.convert import hrnet as hrnet_convert
@@ -82,30 +82,43 @@ def _restore_run_variables(pose_dir: str):
   step = manager.latest_step()
   if step is None:
     return None
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  state = checkpoint.restore_here(manager, step)
   manager.close()
   logging.info('Pose estimator from %s step %d', ckpt_dir, step)
   return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
-def load_pose_estimator(config, workdir_or_dir: str, use_pose_checkpoint: bool = True):
+def stored_arch(path: str):
+  """The HigherHRNet architecture recorded beside weights in `path` or `path`/pose (hrnet.json), else None."""
+  for d in (path, os.path.join(path, 'pose')):
+    meta_path = os.path.join(d, hrnet_convert.META_FILE)
+    if os.path.isfile(meta_path):
+      return json.load(open(meta_path)).get('arch')
+  return None
+
+
+def load_pose_estimator(config, workdir_or_dir: str, use_pose_checkpoint: bool = True, arch: str = ''):
   """The frozen estimator: (variables {'params', 'batch_stats'} as jax arrays, HigherHRNet module).
 
   Looks at `config.pose.checkpoint` if set (and `use_pose_checkpoint`), else `workdir_or_dir`; each may be a train_pose
   dir (<workdir>/pose: its latest checkpoint, else its exported `variables`), a converted official
   checkpoint dir, or a workdir holding pose/. The weights must match `config.pose.arch` exactly.
+  `arch` builds that architecture instead of `config.pose.arch` (a judge: its weights fix it).
   Apply with `module.apply(variables, images, train=False)`.
   """
-  module = hrnet.build_hrnet(config.pose)
+  arch = arch or config.pose.arch
+  module = hrnet.build_hrnet(arch)
   root = (config.pose.checkpoint if use_pose_checkpoint else '') or workdir_or_dir
   candidates = [root, os.path.join(root, 'pose')]
   for path in candidates:
+    meta_path = os.path.join(path, hrnet_convert.META_FILE)
+    meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+    if meta.get('arch') not in (None, arch):  # before any restore: one line, not 1500 shapes
+      raise ValueError(f'{path} holds a {meta["arch"]!r} HigherHRNet but config.pose.arch='
+                       f'{arch!r}; pass --config.pose.arch={meta["arch"]}')
     variables = _restore_run_variables(path)
     if variables is None and os.path.isdir(os.path.join(path, hrnet_convert.VARIABLES_DIR)):
       variables, meta = hrnet_convert.load_hrnet(path)
-      if meta.get('arch') not in (None, config.pose.arch):
-        raise ValueError(f'{path} holds a {meta["arch"]!r} HigherHRNet but config.pose.arch='
-                         f'{config.pose.arch!r}; pass --config.pose.arch={meta["arch"]}')
       if meta.get('not_filled'):
         raise ValueError(f'{path} is a partial (backbone-only) conversion ({len(meta["not_filled"])} head '
                          'parameters missing): use it as --config.pose.init_from and train with mode=train_pose')

@@ -361,3 +361,37 @@ def test_each_training_mode_runs_in_the_sharded_train_step(mode):
   _, m = step(state, sharding.global_batch(batch_with_kpts(config), mesh), jax.random.key(1))
   assert np.isfinite(float(m['loss']))
   assert ('pif_g' in m) == (mode != 'off')
+
+
+def _blur_reference(x, sigma):
+  """float64 numpy: edge-replicated separable Gaussian (radius ceil(3 sigma)), normalised taps."""
+  r = max(1, int(np.ceil(3 * sigma)))
+  k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma**2))
+  k /= k.sum()
+  xp = np.pad(np.float64(x), ((0, 0), (r, r), (r, r), (0, 0)), mode='edge')
+  h, w = x.shape[1:3]
+  y = sum(k[i] * xp[:, i:i + h] for i in range(2 * r + 1))
+  return sum(k[j] * y[:, :, j:j + w] for j in range(2 * r + 1))
+
+
+def test_low_pass_matches_a_float64_gaussian_and_keeps_constants():
+  x = np.random.default_rng(11).normal(size=(2, 13, 9, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(pif.low_pass(jnp.asarray(x), 1.5)), _blur_reference(x, 1.5), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(pif.low_pass(jnp.asarray(x), 0.0)), x)
+  np.testing.assert_allclose(np.asarray(pif.low_pass(jnp.full((1, 7, 5, 2), 3.0), 2.0)), 3.0, rtol=1e-6)
+  # it removes high frequencies: a checkerboard nearly vanishes.
+  checker = np.indices((16, 16)).sum(0) % 2 * 2.0 - 1.0
+  assert float(jnp.max(jnp.abs(pif.low_pass(jnp.asarray(checker)[None, :, :, None], 1.0)[:, 4:-4, 4:-4]))) < 0.02
+
+
+def test_sampling_correction_low_passes_the_gradient():
+  config = full_config(scale=5.0)
+  heat_fn, heads = _toy_heat_fn(), pose_estimator.reference_heads(config)
+  x, _ = _toy_train_inputs(b=2)
+  kpts = jnp.asarray(np.random.default_rng(3).uniform(0, 12, (2, 18, 2)), jnp.float32)
+  eps, sched = jnp.zeros_like(x), linear_schedule(1000)
+  raw = pif.sampling_correction(config.pif, heat_fn, heads, sched, kpts, 2.0)(x, jnp.int32(300), eps, x)
+  config.pif.grad_blur = 1.5
+  blurred = pif.sampling_correction(config.pif, heat_fn, heads, sched, kpts, 2.0)(x, jnp.int32(300), eps, x)
+  assert float(jnp.max(jnp.abs(raw))) > 0
+  np.testing.assert_allclose(np.asarray(blurred), _blur_reference(np.asarray(raw), 1.5), atol=1e-5)

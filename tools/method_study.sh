@@ -3,8 +3,10 @@
 # skips what exists (training always reruns: it resumes from its checkpoint and returns at once when done).
 #
 # Usage: tools/method_study.sh [BASE] [FT] [PART]   (defaults 800 400 all)
-#   PART: base | a | b | all. After `base`, `a` (B1 control, B2-input, PIF) and `b` (the other B2 rows) touch
-#   disjoint workdirs, so two processes can run them side by side.
+#   PART: base | a | b | c | modes | blur | all. After `base`, `a` (B1 control, B2-input, the PIF sweep) and
+#   `b` (B2-tokens, then `modes` and `c`) touch disjoint workdirs, so two processes can run them side by side.
+#   c: the RPA switches; modes: the PIF training modes (sampled at S_MODE, gradient blur B_MODE);
+#   blur: the low-passed-gradient sweep (PIF_BLUR_SWEEP="s:t_max:blur ...").
 #   1. B1 trained from scratch for BASE steps (seed 0, demo data).
 #   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
 #      function) and trains FT more diffusion steps with the same seed, data order and recipe; `b1_ft` is the
@@ -46,6 +48,13 @@ sample_eval() {  # workdir, config arg, extra overrides (sampling / model switch
     --config.sample.rpa_strips=False "$@" || return 1
   test -f $wd/eval/metrics.json || $M --config=configs/demo.py:$cfg --workdir=$wd --config.mode=eval $VAL $JUDGE "$@"
 }
+guide_judged() {  # run name: its samples read by the *guiding* estimator (what guidance optimised)
+  local name=$1
+  test -f $OUT/guide_judged/$name/metrics.json || $PY -m reposedm_jax.evaluation --dataset synthetic --no-fid \
+    --generated $OUT/$name/samples --pairs $OUT/$name/samples/manifest_p0.jsonl --reference runs/val_data \
+    --keypoints runs/val_data --out $OUT/guide_judged/$name --set eval.hrnet_dir=$OUT/guide/pose \
+    --set "eval.pose_judges=('hrnet',)"
+}
 run() {  # name, config arg, extra overrides...
   local name=$1 cfg=$2; shift 2
   $M --config=configs/demo.py:$cfg --workdir=$OUT/$name $NOGRID "$@" || return 1
@@ -53,32 +62,47 @@ run() {  # name, config arg, extra overrides...
 }
 FROM_B1="--config.init_from=$OUT/b1"
 test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
-S_MODE=${S_MODE:-1}
+S_MODE=${S_MODE:-1}  # the guidance scale and gradient blur the training modes are sampled (literal: trained) with
+B_MODE=${B_MODE:-0}
 part_a() {
   run b1_ft variant=b1 $FROM_B1 --config.train.num_steps=$FT
   run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P)) || return 1
-  # PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): scale x window.
-  for st in 0:999 1:999 0.3:999 3:999 1:300 3:300; do
-    local s=${st%:*} t=${st#*:}
-    sample_eval $OUT/pif_s${s}_t$t variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
-      --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t
+  part_pif ${PIF_SWEEP:-0:999 1:999 0.3:999 0.1:999 0.03:999 0.3:300 1:300}
+}
+part_pif() {  # PIF at sampling on B2-input's weights (variant=full reads the b2 tree as it is): s:t_max[:blur].
+  local st s t b name
+  for st in "$@"; do
+    IFS=: read -r s t b <<< "$st"
+    b=${b:-0}
+    name=pif_s${s}_t$t
+    test "$b" = 0 || name=${name}_b$b
+    sample_eval $OUT/$name variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
+      --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t \
+      --config.pif.grad_blur=$b && guide_judged $name
   done
 }
 part_b() {
   run b2_tokens_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=tokens --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P))
-  # The training modes: PIF_FT more steps from B2-input (off = the control), sampled at S_MODE; literal and
-  # penalty also unguided (s = 0), to see what the training itself did.
-  # They start from part a's B2-input run: wait for it.
+  # The training modes start from part a's B2-input run: wait for it.
   until test -f $OUT/b2_input_pre/eval/metrics.json; do sleep 60; done
+  part_modes
+  part_c
+}
+part_modes() {  # PIF_FT more steps from B2-input per mode (off = the control), sampled at S_MODE / B_MODE;
+  # literal and penalty also unguided (s = 0), to see what the training itself did.
+  local ms mode s wd
   for ms in off:$S_MODE literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
-    local mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
+    mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
     $M --config=configs/demo.py:variant=full --workdir=$wd $NOGRID --config.init_from=$OUT/b2_input_pre $GUIDE \
-      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.train.num_steps=$PIF_FT || continue
+      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.pif.grad_blur=$B_MODE \
+      --config.train.num_steps=$PIF_FT || continue
     sample_eval $wd/s$s variant=full --config.init_from=$wd $GUIDE --config.rpa.aligned_path=input \
-      --config.pif.sample_scale=$s
+      --config.pif.sample_scale=$s --config.pif.grad_blur=$B_MODE
   done
+}
+part_c() {  # RPA switches: no pre-training, and the first reading (encoder on the warped source only).
   run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
   run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P))
@@ -87,6 +111,9 @@ case $PART in
   base) ;;
   a) part_a ;;
   b) part_b ;;
+  c) part_c ;;
+  modes) part_modes ;;
+  blur) part_pif ${PIF_BLUR_SWEEP:-1:999:2 0.3:999:2 3:999:2} ;;
   all) part_a; part_b ;;
-  *) echo "PART must be base, a, b or all, not $PART" >&2; exit 2 ;;
+  *) echo "PART must be base, a, b, c, modes, blur or all, not $PART" >&2; exit 2 ;;
 esac

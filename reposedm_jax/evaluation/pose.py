@@ -27,8 +27,11 @@ def make_hrnet_judge(config, workdir: str) -> HrnetJudge:
   # An explicit judge (eval.hrnet_dir) wins over pose.checkpoint, which is the *guiding* estimator of
   # variant=full: judging guided samples with the estimator that guided them would only measure overfitting.
   path = config.eval.hrnet_dir or config.pose.checkpoint or os.path.join(workdir, 'pose')
+  # The judge is a given network: its recorded architecture wins over config.pose.arch (which describes the
+  # guiding estimator), so a `small` judge trained on synthetic data scores under any dataset config.
+  arch = pose_estimator.stored_arch(path) or config.pose.arch
   try:
-    variables, module = pose_estimator.load_pose_estimator(config, path, use_pose_checkpoint=False)
+    variables, module = pose_estimator.load_pose_estimator(config, path, use_pose_checkpoint=False, arch=arch)
   except FileNotFoundError as e:
     raise pose_accuracy.JudgeUnavailable(
         f'hrnet judge: no HigherHRNet weights ({e}); set --config.eval.hrnet_dir=DIR '
