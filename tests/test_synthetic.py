@@ -328,3 +328,44 @@ def test_cli_and_grid(tmp_path, capsys):
   assert g.shape == (4 * H + 3 * 2, 5 * W + 4 * 2, 3)  # two identities, image row + keypoint row each
   with pytest.raises(ValueError, match='fmt'):
     synthetic.generate(out, **{**ARGS, 'fmt': 'lmdb'})
+
+
+# ----------------------------------------------------------------------------- difficulty='hard'
+
+def test_standard_difficulty_is_the_original_benchmark_byte_for_byte():
+  # Digest of 2 identities x 5 views at 64x44 (seed 0) as rendered before `difficulty` existed: the demo
+  # data and every measurement made on it stay reproducible.
+  h = hashlib.sha256()
+  for i in range(2):
+    app = synthetic_draw.make_appearance(0, i, 64)
+    for v in range(5):
+      im, kp = synthetic_draw.render_view(app, 0, i, v, 64, 44)
+      h.update(im.tobytes())
+      h.update(kp.tobytes())
+  assert h.hexdigest() == 'b1cb393391861b13a7ac2a644ccce0159d7994d484e0b9ec91ce12702c4091ed'
+
+
+def test_hard_pairs_move_the_joints_by_a_quarter_of_the_height(tmp_path):
+  args = dict(seed=3, identities=30, views_per_identity=5, height=64, width=44, test_fraction=1.0)
+  std = synthetic.generate(str(tmp_path / 'std'), **args)
+  hard = synthetic.generate(str(tmp_path / 'hard'), difficulty='hard', **args)
+  assert std['test_pair_displacement'] < 0.2 <= 0.24 <= hard['test_pair_displacement']
+  with open(tmp_path / 'hard' / 'synthetic_meta.json') as f:
+    assert json.load(f)['args']['difficulty'] == 'hard'
+
+
+def test_hard_close_ups_cut_the_legs_and_keep_the_head():
+  ankles, heads = [], []
+  for i in range(12):
+    app = synthetic_draw.make_appearance(0, i, 64)
+    im, kp = synthetic_draw.render_view(app, 0, i, 4, 64, 44, difficulty='hard')  # 01_7_additional
+    ankles.append(kpl.is_missing(kp[[10, 13]]).all())
+    heads.append(not kpl.is_missing(kp[[0, 1]]).any() or not kpl.is_missing(kp[[1, 16, 17]]).all())
+    assert im.shape == (64, 44, 3)
+  assert np.mean(ankles) >= 0.9 and all(heads)
+
+
+def test_a_bad_difficulty_names_the_choices():
+  app = synthetic_draw.make_appearance(0, 0, 64)
+  with pytest.raises(ValueError, match="difficulty must be one of \\('standard', 'hard'\\)"):
+    synthetic_draw.render_view(app, 0, 0, 0, 64, 44, difficulty='extreme')

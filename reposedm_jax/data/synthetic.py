@@ -4,7 +4,8 @@ Procedural articulated people (drawn by `synthetic_draw`) with exact keypoints, 
 path can run end to end without the real dataset (see DESIGN.md, "The synthetic benchmark").
 
   python -m reposedm_jax.data.synthetic --out DIR --seed 0 --identities 2000 --views-per-identity 5 \
-      --height 128 --width 88 [--test-fraction 0.2] [--format pidm|patn] [--grid docs/synthetic_samples.png]
+      --height 128 --width 88 [--test-fraction 0.2] [--format pidm|patn] [--difficulty standard|hard] \
+      [--grid docs/synthetic_samples.png]
 
 Format 'pidm' (PIDM's DeepFashion layout, reference/pidm-and-benchmarks.md §1b):
   DIR/img/{MEN,WOMEN}/<Category>/id_<8 digits>/NN_V_view.png   H x W RGB PNG
@@ -74,12 +75,21 @@ def pose_txt(kpts: np.ndarray) -> str:
   return ''.join('%.18e %.18e\n' % (float(x), float(y)) for x, y in kpts)
 
 
-def render_identity(seed, identity, views_per_identity, height, width):
+def render_identity(seed, identity, views_per_identity, height, width, difficulty='standard'):
   """Yields (appearance, view_index, image RGB uint8, keypoints px) for one identity."""
   app = synthetic_draw.make_appearance(seed, identity, height)
   for v in range(views_per_identity):
-    image, kp = synthetic_draw.render_view(app, seed, identity, v, height, width)
+    image, kp = synthetic_draw.render_view(app, seed, identity, v, height, width, difficulty=difficulty)
     yield app, v, image, kp
+
+
+def pair_displacement(kp_a: np.ndarray, kp_b: np.ndarray, height: int) -> float:
+  """Mean distance between the joints present in both [18, 2] keypoint sets, as a fraction of the image
+  height (NaN when none is shared): how far a copy of the source is from the target pose."""
+  both = ~kpl.is_missing(kp_a) & ~kpl.is_missing(kp_b)
+  if not both.any():
+    return float('nan')
+  return float(np.mean(np.linalg.norm(kp_a[both] - kp_b[both], axis=1)) / height)
 
 
 def _write_lines(path, lines):
@@ -88,7 +98,7 @@ def _write_lines(path, lines):
 
 
 def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: int, height: int, width: int,
-             test_fraction: float = 0.2, fmt: str = 'pidm') -> dict:
+             test_fraction: float = 0.2, fmt: str = 'pidm', difficulty: str = 'standard') -> dict:
   """Writes the synthetic dataset under out_dir and returns its counts.
 
   Args:
@@ -99,10 +109,13 @@ def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: in
     height, width: image size in pixels.
     test_fraction: share of identities held out for the test split (disjoint from train).
     fmt: 'pidm' (PIDM folder layout, PNG + pose txt) or 'patn' (flat JPEG folders + CSVs).
+    difficulty: 'standard' or 'hard' (`synthetic_draw.render_view`: independent articulated poses per
+      view and upper-body close-ups, so a copy of the source is far from the target pose).
 
   Returns:
     dict with 'images', 'train_images', 'test_images', 'train_identities', 'test_identities',
-    'train_pairs' and 'test_pairs' (lines of the pairs file / rows of the pairs CSV).
+    'train_pairs' and 'test_pairs' (lines of the pairs file / rows of the pairs CSV), and
+    'test_pair_displacement' (mean over test pairs of `pair_displacement`, a fraction of the height).
   """
   if fmt not in FORMATS:
     raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
@@ -116,7 +129,7 @@ def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: in
   for i in range(identities):
     split = 'test' if is_test[i] else 'train'
     group = []
-    for app, v, image, kp in render_identity(seed, i, views_per_identity, height, width):
+    for app, v, image, kp in render_identity(seed, i, views_per_identity, height, width, difficulty):
       rel = f'img/{app.gender}/{app.category}/id_{i + 1:08d}/{view_file_stem(v)}.jpg'
       bgr = np.ascontiguousarray(image[..., ::-1])
       if fmt == 'pidm':
@@ -168,10 +181,14 @@ def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: in
       _write_lines(os.path.join(out_dir, f'fasion-resize-annotation-{split}.csv'), ann)
       lines = rows
     counts[f'{split}_pairs'] = len(lines)
+  disp = [pair_displacement(ka, kb, height) for g in groups['test'] for ra, ka in g for rb, kb in g if ra != rb]
+  disp = [d for d in disp if d == d]
+  counts['test_pair_displacement'] = round(float(np.mean(disp)), 4) if disp else None
 
   meta = {'generator': 'reposedm_jax.data.synthetic', 'version': 1,
           'args': {'seed': seed, 'identities': identities, 'views_per_identity': views_per_identity,
-                   'height': height, 'width': width, 'test_fraction': test_fraction, 'format': fmt},
+                   'height': height, 'width': width, 'test_fraction': test_fraction, 'format': fmt,
+                   'difficulty': difficulty},
           'counts': counts, 'views': [view_file_stem(v) for v in range(views_per_identity)],
           'keypoints': 'OpenPose-18; pidm: legacy 256x256 frame (x*176/W+40, y*256/H); patn: image pixels; -1 missing'}
   with open(os.path.join(out_dir, 'synthetic_meta.json'), 'w') as f:
@@ -237,6 +254,8 @@ def main(argv=None) -> None:
   p.add_argument('--width', type=int, default=176)
   p.add_argument('--test-fraction', type=float, default=0.2)
   p.add_argument('--format', choices=FORMATS, default='pidm')
+  p.add_argument('--difficulty', choices=synthetic_draw.DIFFICULTIES, default='standard',
+                 help='hard: independent articulated poses per view and upper-body close-ups')
   p.add_argument('--grid', help='also write a sample grid PNG here (4 identities x 5 views, with keypoints)')
   p.add_argument('--grid-identities', type=int, default=4)
   args = p.parse_args(argv)
@@ -249,12 +268,14 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     counts = generate(args.out, seed=args.seed, identities=args.identities,
                       views_per_identity=args.views_per_identity, height=args.height, width=args.width,
-                      test_fraction=args.test_fraction, fmt=args.format)
+                      test_fraction=args.test_fraction, fmt=args.format, difficulty=args.difficulty)
     dt = time.perf_counter() - t0
     print(f"wrote {counts['images']} images ({counts['train_images']} train / {counts['test_images']} test, "
           f"{counts['train_identities']} / {counts['test_identities']} identities, "
           f"{counts['train_pairs']} / {counts['test_pairs']} pair lines) to {args.out} "
-          f"[{args.format}, {args.height}x{args.width}] in {dt:.2f} s = {counts['images'] / dt:.0f} images/s")
+          f"[{args.format}, {args.height}x{args.width}, {args.difficulty}] in {dt:.2f} s = "
+          f"{counts['images'] / dt:.0f} images/s; test pairs: mean source->target joint displacement "
+          f"{counts['test_pair_displacement']} of the image height")
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ from reposedm_jax.data.synthetic_appearance import (  # make_appearance: re-expo
     Appearance, _TEX_ARM_X, _TEX_HIP_Y, _TEX_LEG_X, _TEX_TORSO, make_appearance)
 from reposedm_jax.data.synthetic_pose import (  # VIEWS: re-exported
     VIEWS, _FACE_KEYPOINTS, _HEAD_RX, _HEAD_RY, _HEAD_RZ, _STANDING_HEIGHT, _THIGH, _UPPER_ARM,
-    _facing_z, _keypoints, _rot_yaw, _sample_pose, _skeleton, _u)
+    DIFFICULTIES, _facing_z, _keypoints, _rot_yaw, _sample_pose, _skeleton, _u)
 
 # A limb is painted over the torso unless it is well behind it: the torso is a slab, not a plane.
 # Arms get the larger margin so hands hanging beside a skirt stay in front of it.
@@ -112,12 +112,25 @@ def _draw(canvas, polys, fill, shade, edge):
 
 # ----------------------------------------------------------------------------- framing
 
-def _fit(p2, hc, headup, rng, height, width, sit):
-  """Pixels per u and shift: a nominal standing height, shrunk when the pose needs more room."""
+def _fit(p2, hc, headup, rng, height, width, sit, closeup=None, loose: bool = False):
+  """Pixels per u and shift: a nominal standing height, shrunk when the pose needs more room.
+
+  closeup: (lo, hi) for DeepFashion's upper-body / three-quarter shots: lo-hi x the nominal scale with the
+  head near the top edge; whatever leaves the frame (legs, raised hands) is cut and its keypoints are missing.
+  loose: framing drawn per view (difficulty='hard'): 50-100 % of the nominal height, anywhere in the frame.
+  """
   ext = np.concatenate([p2, [hc + headup * 0.62, hc - headup * 0.55, hc + [0.5, 0], hc - [0.5, 0]]])
   lo, hi = ext.min(0) - 0.32, ext.max(0) + 0.32
   span = hi - lo
   s = min(height * _u(rng, 0.86, 0.95) / _STANDING_HEIGHT, 0.97 * height / span[1], 0.95 * width / span[0])
+  if closeup:
+    s = height * _u(rng, *closeup) / _STANDING_HEIGHT
+    top = (hc + headup * 0.62)[1] - 0.2
+    return s, np.array([width * _u(rng, 0.42, 0.58) - hc[0] * s, height * _u(rng, 0.03, 0.08) - top * s])
+  if loose:
+    s *= _u(rng, 0.5, 1.0)
+    margin = np.array([width, height]) - s * span
+    return s, np.array([margin[0] * _u(rng, 0.0, 1.0), margin[1] * _u(rng, 0.0, 1.0)]) - lo * s
   margin = np.array([width, height]) - s * span
   # Standing figures keep their feet near the bottom edge, like DeepFashion's studio shots.
   fy = _u(rng, 0.2, 0.5) if sit else _u(rng, 0.35, 0.8)
@@ -229,23 +242,42 @@ def _build_parts(app, pose, P, Z, s, headup):
   return parts
 
 
+def _closeup(rng, difficulty, view):
+  """difficulty='hard': 'additional' is an upper-body shot, 'front' a three-quarter shot 40 % of the time."""
+  if difficulty != 'hard':
+    return None
+  if view == 'additional':
+    return 2.2, 3.0
+  if view == 'front' and rng.random() < 0.4:
+    return 1.4, 1.8
+  return None
+
+
 def render_view(app: Appearance, seed: int, identity: int, view_index: int, height: int, width: int,
-                return_info: bool = False):
+                return_info: bool = False, difficulty: str = 'standard'):
   """Draws one view of an identity from its own generator (seed, identity, view_index).
+
+  difficulty: 'standard' (the original benchmark, unchanged byte for byte) or 'hard' (every view an
+  articulated pose drawn independently, framed anywhere at 50-100 % scale, the 'additional' view an
+  upper-body close-up and the 'front' view sometimes a three-quarter shot).
 
   Returns (image uint8 [H, W, 3] RGB, keypoints float64 [18, 2] (x, y) image pixels, -1 = missing),
   plus, with return_info, a dict: 'keypoints_all' (every keypoint's projected position, hidden or not),
   'family' (the pose family) and 'yaw' (degrees).
   """
   rng = np.random.default_rng([seed, identity, view_index, 0x5EE])
-  pose = _sample_pose(rng, VIEWS[view_index % len(VIEWS)][1])
+  if difficulty not in DIFFICULTIES:
+    raise ValueError(f'difficulty must be one of {DIFFICULTIES}, got {difficulty!r}')
+  view = VIEWS[view_index % len(VIEWS)][1]
+  pose = _sample_pose(rng, view, difficulty)
   pts = _skeleton(app, pose)
   names = list(pts)
   p3 = np.stack([pts[k] for k in names]) @ _rot_yaw(math.radians(pose.yaw)).T
   head_down = pose.head_world[:2, 1]
   headup = -head_down / max(np.linalg.norm(head_down), 1e-6)
   body = [i for i, k in enumerate(names) if k not in ('panel0', 'panel1', 'bun')]
-  s, shift = _fit(p3[body, :2], p3[names.index('hc'), :2], headup, rng, height, width, pose.family == 'sit')
+  s, shift = _fit(p3[body, :2], p3[names.index('hc'), :2], headup, rng, height, width, pose.family == 'sit',
+                  closeup=_closeup(rng, difficulty, view), loose=difficulty == 'hard')
   px = p3[:, :2] * s + shift
   P, Z = dict(zip(names, px)), dict(zip(names, p3[:, 2]))
   parts = _build_parts(app, pose, P, Z, s, headup)

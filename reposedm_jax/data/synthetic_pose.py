@@ -107,8 +107,19 @@ _FAMILY_WEIGHTS = {
     'full': (0.04, 0.14, 0.14, 0.1, 0.08, 0.1, 0.1, 0.08, 0.04, 0.08, 0.06, 0.04),
 }
 
+# difficulty='hard': every view draws its articulation independently among the articulated families
+# (no plain standing), so two views of one person rarely share a limb configuration.
+_HARD_WEIGHTS = {
+    'front': (0.0, 0.1, 0.14, 0.1, 0.1, 0.08, 0.1, 0.08, 0.06, 0.08, 0.08, 0.08),
+    'side': (0.0, 0.2, 0.14, 0.1, 0.04, 0.12, 0.0, 0.14, 0.06, 0.06, 0.14, 0.0),
+    'back': (0.0, 0.14, 0.18, 0.0, 0.14, 0.0, 0.14, 0.0, 0.14, 0.14, 0.0, 0.12),
+    'full': (0.0, 0.12, 0.14, 0.1, 0.08, 0.1, 0.12, 0.08, 0.06, 0.08, 0.06, 0.06),
+}
+DIFFICULTIES = ('standard', 'hard')
+
 # Cumulative weights: one uniform draw picks the family (rng.choice is slow on the hot path).
-_FAMILY_CDF = {k: np.cumsum(v) / np.sum(v) for k, v in _FAMILY_WEIGHTS.items()}
+_FAMILY_CDF = {'standard': {k: np.cumsum(v) / np.sum(v) for k, v in _FAMILY_WEIGHTS.items()},
+               'hard': {k: np.cumsum(v) / np.sum(v) for k, v in _HARD_WEIGHTS.items()}}
 
 
 def _view_yaw(rng, view):
@@ -195,9 +206,9 @@ class _Pose:
   head_world: np.ndarray  # 3x3: head frame -> camera frame (yaw @ lean @ head)
 
 
-def _sample_pose(rng, view) -> _Pose:
+def _sample_pose(rng, view, difficulty: str = 'standard') -> _Pose:
   yaw, face_kind = _view_yaw(rng, view)
-  cdf = _FAMILY_CDF['full' if view == 'full' else face_kind]
+  cdf = _FAMILY_CDF[difficulty]['full' if view == 'full' else face_kind]
   family = _FAMILIES[min(int(np.searchsorted(cdf, rng.random(), side='right')), len(_FAMILIES) - 1)]
   arms, legs = _pose_family(rng, family)
   lean = _rot_roll(math.radians(_u(rng, -7, 7))) @ _rot_pitch(math.radians(_u(rng, -4, 8)))
