@@ -129,6 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   rpa.aux_in_frame = True
   # Train RPA alone on the auxiliary loss for the first K steps (cheap steps without the U-Net; the U-Net's
   # optimizer, warm-up included, starts at step K), then scale RPA's learning rate (0 = frozen).
+  # configs/demo.py uses 100 (measured better there); 0 here until measured at DeepFashion scale.
   rpa.pretrain_steps = 0
   rpa.lr_mult_after_pretrain = 1.0
 
@@ -141,19 +142,21 @@ def get_config() -> ml_collections.ConfigDict:
   # How PIF enters training: 'off' (RePoseDM = B2's training + eq. 16 guidance at sampling), 'literal' (eq. 15
   # inside the loss, scale train_scale: the network learns to pre-compensate it, WORKSPACE.md) or 'penalty'
   # (penalty_weight * G(x0_hat(eps_theta)) added to the loss, its gradient into theta; a deviation from the text).
-  pif.train_mode = 'off'
+  # 'penalty' measured best of the three under guided sampling (by margins within one seed's noise: WORKSPACE.md).
+  pif.train_mode = 'penalty'
   pif.penalty_weight = 1e-3
   # s of eq. 15 (training, literal mode) and of eq. 16 (sampling); 0 turns guidance off keeping the code path.
   pif.train_scale = 1.0
-  pif.sample_scale = 1.0
+  pif.sample_scale = 3.0
   # G_phi = the sum over heatmap pixels and joints as eq. 11 writes it ('sum'), or that sum / (h*w) ('area').
   pif.normalize = 'sum'
   # Sampling guidance only at timesteps t <= sample_t_max (original 0..T-1 scale).
   pif.sample_t_max = 999
-  # Low-pass ∇G with a Gaussian of this std in image pixels before it enters eq. 16 (and eq. 15 in literal
-  # training); 0 = the raw gradient. `pif.low_pass`: a non-robust estimator's gradient is mostly adversarial
-  # high-frequency texture that a second estimator does not read (WORKSPACE.md, issue-13 measurements).
-  pif.grad_blur = 0.0
+  # Low-pass ∇G with a Gaussian of std grad_blur x the image height before it enters eq. 16 (and eq. 15 in
+  # literal training); 0 = the raw gradient. A non-robust estimator's raw gradient is mostly adversarial
+  # texture that lowers its own G but not what a second estimator reads. 1/32 (2 px at 64x44, 8 px at
+  # 256x176) with s = 3 is the sweep's choice on a validation split (WORKSPACE.md, issue-13 measurements).
+  pif.grad_blur = 0.03125
   # Eq. 16 multiplies the guidance term by the CFG scale w_c.
   pif.sample_times_cfg = True
   # W_h threshold on the summed heatmaps (paper: 0.1).

@@ -171,7 +171,7 @@ def low_pass(x: jax.Array, sigma: float) -> jax.Array:
 
   The gradient of a non-robust estimator is mostly high-frequency, adversarial-like texture: it lowers the
   guiding estimator's G without moving limbs a second estimator would read. Low-passing ∇G keeps the
-  limb-scale part (`pif.grad_blur`).
+  limb-scale part (`pif.grad_blur`, a std in units of the image height).
   """
   if sigma <= 0:
     return x
@@ -262,7 +262,7 @@ def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x
   g, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, pcfg.reference))
   if pcfg.stop_gradient:
     grad = jax.lax.stop_gradient(grad)
-  grad = low_pass(grad, pcfg.grad_blur)
+  grad = low_pass(grad, pcfg.grad_blur * grad.shape[1])
   eps_n = correct_eps(eps[:n], grad * active[:, None, None, None], acp, pcfg.train_scale)
   eps = jnp.concatenate([eps_n, eps[n:]], axis=0) if n < b else eps_n
   metrics = {'pif_g': jnp.mean(jax.lax.stop_gradient(g)),
@@ -275,7 +275,7 @@ def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_ope
   """Eq. 16's third term as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
 
   `sched` is the schedule the sampler indexes (respaced for DDPM); guidance acts only where the
-  schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur`. Only the target keypoints are used: no ground
+  schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur` x H. Only the target keypoints are used: no ground
   truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
   """
   scale = pcfg.sample_scale * (cfg_scale if pcfg.sample_times_cfg else 1.0)
@@ -287,7 +287,7 @@ def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_ope
     p_tilde = jnp.clip(pred_x0, -1.0, 1.0)
     ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3], heads)
     _, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, 'heatmaps'))
-    grad = low_pass(grad, pcfg.grad_blur)
+    grad = low_pass(grad, pcfg.grad_blur * grad.shape[1])
     on = (t_model[t_index] <= pcfg.sample_t_max).astype(eps.dtype)
     return eps + guidance_term(grad, acp_table[t_index], scale * on).astype(eps.dtype)
 

@@ -105,6 +105,7 @@ def full_config(scale=1.0):
   config.pif.train_scale = config.pif.sample_scale = scale
   config.pif.train_fraction = 0.5
   config.pif.train_mode = 'literal'
+  config.pif.grad_blur = 0.0  # the raw ∇G, so tests can compare with eq. 15 / 16 directly (low_pass: own tests)
   config.pose.sigma = 1.0
   return config
 
@@ -391,7 +392,7 @@ def test_sampling_correction_low_passes_the_gradient():
   kpts = jnp.asarray(np.random.default_rng(3).uniform(0, 12, (2, 18, 2)), jnp.float32)
   eps, sched = jnp.zeros_like(x), linear_schedule(1000)
   raw = pif.sampling_correction(config.pif, heat_fn, heads, sched, kpts, 2.0)(x, jnp.int32(300), eps, x)
-  config.pif.grad_blur = 1.5
+  config.pif.grad_blur = 1.5 / x.shape[1]  # a fraction of the image height: 1.5 px here
   blurred = pif.sampling_correction(config.pif, heat_fn, heads, sched, kpts, 2.0)(x, jnp.int32(300), eps, x)
   assert float(jnp.max(jnp.abs(raw))) > 0
   np.testing.assert_allclose(np.asarray(blurred), _blur_reference(np.asarray(raw), 1.5), atol=1e-5)

@@ -6,7 +6,7 @@
 #   PART: base | a | b | c | modes | blur | all. After `base`, `a` (B1 control, B2-input, the PIF sweep) and
 #   `b` (B2-tokens, then `modes` and `c`) touch disjoint workdirs, so two processes can run them side by side.
 #   c: the RPA switches; modes: the PIF training modes (sampled at S_MODE, gradient blur B_MODE);
-#   blur: the low-passed-gradient sweep (PIF_BLUR_SWEEP="s:t_max:blur ...").
+#   blur: the low-passed-gradient sweep (PIF_BLUR_SWEEP="s:t_max:blur ...", blur in pixels at 64x44).
 #   1. B1 trained from scratch for BASE steps (seed 0, demo data).
 #   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
 #      function) and trains FT more diffusion steps with the same seed, data order and recipe; `b1_ft` is the
@@ -62,8 +62,9 @@ run() {  # name, config arg, extra overrides...
 }
 FROM_B1="--config.init_from=$OUT/b1"
 test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
+frac() { awk "BEGIN { print $1 / 64 }"; }  # blur in pixels of the 64x44 images -> pif.grad_blur (x height)
 S_MODE=${S_MODE:-1}  # the guidance scale and gradient blur the training modes are sampled (literal: trained) with
-B_MODE=${B_MODE:-0}
+B_MODE=${B_MODE:-0}  # pixels
 part_a() {
   run b1_ft variant=b1 $FROM_B1 --config.train.num_steps=$FT
   run b2_input_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
@@ -79,7 +80,7 @@ part_pif() {  # PIF at sampling on B2-input's weights (variant=full reads the b2
     test "$b" = 0 || name=${name}_b$b
     sample_eval $OUT/$name variant=full --config.init_from=$OUT/b2_input_pre $GUIDE \
       --config.rpa.aligned_path=input --config.pif.sample_scale=$s --config.pif.sample_t_max=$t \
-      --config.pif.grad_blur=$b && guide_judged $name
+      --config.pif.grad_blur=$(frac $b) && guide_judged $name
   done
 }
 part_b() {
@@ -91,19 +92,20 @@ part_b() {
   part_c
 }
 part_modes() {  # PIF_FT more steps from B2-input per mode (off = the control), sampled at S_MODE / B_MODE;
-  # literal and penalty also unguided (s = 0), to see what the training itself did.
+  # each also unguided (s = 0): what the training itself did, and off:0 is the control of the guidance.
   local ms mode s wd
-  for ms in off:$S_MODE literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
+  for ms in off:$S_MODE off:0 literal:$S_MODE literal:0 penalty:$S_MODE penalty:0; do
     mode=${ms%:*} s=${ms#*:} wd=$OUT/mode_${ms%:*}
     $M --config=configs/demo.py:variant=full --workdir=$wd $NOGRID --config.init_from=$OUT/b2_input_pre $GUIDE \
-      --config.rpa.aligned_path=input --config.pif.train_mode=$mode --config.pif.grad_blur=$B_MODE \
+      --config.rpa.aligned_path=input --config.rpa.pretrain_steps=0 --config.pif.train_mode=$mode --config.pif.grad_blur=$(frac $B_MODE) \
       --config.train.num_steps=$PIF_FT || continue
     sample_eval $wd/s$s variant=full --config.init_from=$wd $GUIDE --config.rpa.aligned_path=input \
-      --config.pif.sample_scale=$s --config.pif.grad_blur=$B_MODE
+      --config.pif.sample_scale=$s --config.pif.grad_blur=$(frac $B_MODE)
   done
 }
 part_c() {  # RPA switches: no pre-training, and the first reading (encoder on the warped source only).
-  run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.train.num_steps=$FT
+  run b2_input variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=0 \
+    --config.train.num_steps=$FT
   run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P))
 }
