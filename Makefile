@@ -8,7 +8,7 @@ DEMO := runs/demo
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: venv test demo lint clean-demo pose-venv
+.PHONY: venv test demo ablation lint clean-demo pose-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: $(STAMP)
 	@echo "Samples: $(DEMO)/samples/*.png (grids in $(DEMO)/samples/grids/)"
 	@echo "Metrics: $(DEMO)/eval/metrics.json"
 	@cat $(DEMO)/eval/metrics.md
+
+# B1 / B2 / RePoseDM with seeds on the hard synthetic benchmark (reposedm_jax/ablation; resumable: rerun to
+# continue) -> docs/ablation/{table.md,chart.png,*_grid.png}. Settings: python -m reposedm_jax.ablation --help.
+ablation: $(STAMP)
+	$(DEMO_ENV) $(PY) -m reposedm_jax.ablation --out runs/ablation --docs docs/ablation
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -17,29 +17,36 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, sam
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Each mode imports only its own job (a function-local import, the package's one exception).
 def main(argv):
   del argv
   sharding.maybe_initialize_distributed()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  run_mode(_CONFIG.value, _WORKDIR.value)
+
+
+# Each mode imports only its own job (a function-local import, the package's one exception).
+def run_mode(config, workdir: str):
+  """Validates `config`, records it in `workdir` and runs its `config.mode` (what the command line does)."""
   config_lib.validate(config)
   config_lib.write_config(config, workdir)
   logging.info('Config:\n%s', config)
   if config.mode == 'train':
     from reposedm_jax import train
-    train.train_and_evaluate(config, workdir)
-  elif config.mode == 'sample':
+    return train.train_and_evaluate(config, workdir)
+  if config.mode == 'sample':
     from reposedm_jax import sample
-    sample.run_sample(config, workdir)
-  elif config.mode == 'eval':
+    return sample.run_sample(config, workdir)
+  if config.mode == 'eval':
     from reposedm_jax.evaluation import engine
-    engine.run_eval(config, workdir)
-  elif config.mode == 'train_pose':
+    return engine.run_eval(config, workdir)
+  if config.mode == 'train_pose':
     from reposedm_jax import pose_train
-    pose_train.train_pose(config, workdir)
-  elif config.mode == 'prepare':
+    return pose_train.train_pose(config, workdir)
+  if config.mode == 'prepare':
     from reposedm_jax.data import tfds_builder
-    logging.info('Prepared %s', tfds_builder.prepare(config.data))
+    prepared = tfds_builder.prepare(config.data)
+    logging.info('Prepared %s', prepared)
+    return prepared
+  raise ValueError(f'config.mode={config.mode!r} is not a mode')  # validate() already refuses it
 
 
 def _parse_flags(argv):

@@ -34,7 +34,7 @@ LAYERS = {
     'reposedm_jax.train': 3, 'reposedm_jax.pose_train': 3, 'reposedm_jax.evaluation': 3,
     'reposedm_jax.config_lib': 3,
     # 4: entry points and tools built on the jobs.
-    'reposedm_jax.main': 4, 'reposedm_jax.study': 4,
+    'reposedm_jax.main': 4, 'reposedm_jax.study': 4, 'reposedm_jax.ablation': 4,
 }
 # Function-local imports of the package's own modules that are allowed: main.py's mode dispatch (each
 # mode pays only for its own imports).
