@@ -275,8 +275,8 @@ def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_ope
   """Eq. 16's third term as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
 
   `sched` is the schedule the sampler indexes (respaced for DDPM); guidance acts only where the
-  schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur` x H. Only the target keypoints are used: no ground
-  truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
+  schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur` x H. Only the
+  target keypoints are used: no ground truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
   """
   scale = pcfg.sample_scale * (cfg_scale if pcfg.sample_times_cfg else 1.0)
   acp_table = jnp.asarray(sched.alphas_cumprod, jnp.float32)

@@ -5,7 +5,7 @@
 # Usage: tools/method_study.sh [BASE] [FT] [PART]   (defaults 800 400 all)
 #   PART: base | a | b | c | modes | blur | all. After `base`, `a` (B1 control, B2-input, the PIF sweep) and
 #   `b` (B2-tokens, then `modes` and `c`) touch disjoint workdirs, so two processes can run them side by side.
-#   c: the RPA switches; modes: the PIF training modes (sampled at S_MODE, gradient blur B_MODE);
+#   c: the RPA switches; aux: the auxiliary loss on all pixels; modes: the PIF training modes (sampled at S_MODE, gradient blur B_MODE);
 #   blur: the low-passed-gradient sweep (PIF_BLUR_SWEEP="s:t_max:blur ...", blur in pixels at 64x44).
 #   1. B1 trained from scratch for BASE steps (seed 0, demo data).
 #   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
@@ -109,13 +109,18 @@ part_c() {  # RPA switches: no pre-training, and the first reading (encoder on t
   run b2_replace_pre variant=b2 $FROM_B1 --config.rpa.aligned_path=replace --config.rpa.pretrain_steps=$P \
     --config.train.num_steps=$((FT+P))
 }
+part_aux() {  # the auxiliary L1 on all pixels, not only the target person where the warp sampled inside the frame
+  run b2_input_pre_auxall variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
+    --config.rpa.aux_region=all --config.rpa.aux_in_frame=False --config.train.num_steps=$((FT+P))
+}
 case $PART in
   base) ;;
   a) part_a ;;
   b) part_b ;;
   c) part_c ;;
+  aux) part_aux ;;
   modes) part_modes ;;
   blur) part_pif ${PIF_BLUR_SWEEP:-1:999:2 0.3:999:2 3:999:2} ;;
   all) part_a; part_b ;;
-  *) echo "PART must be base, a, b, c, modes, blur or all, not $PART" >&2; exit 2 ;;
+  *) echo "PART must be base, a, b, c, aux, modes, blur or all, not $PART" >&2; exit 2 ;;
 esac
