@@ -136,7 +136,7 @@ def run_sample(config, workdir: str) -> str:
     if scfg.grids:
       valid = batch['valid']
       grid = visualize.pair_grid(batch['src_img'][valid], batch['tgt_pose'][valid], images[valid],
-                                 batch['tgt_img'][valid])
+                                 batch['tgt_img'][valid], tgt_kpts=batch['tgt_kpts'][valid])
       visualize.save_png(os.path.join(out_dir, 'grids', f'grid_p{jax.process_index()}_{b:05d}.png'), grid)
     if strip_fn is not None:  # RPA's warped source after each update (paper Fig. 8).
       valid = batch['valid']

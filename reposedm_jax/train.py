@@ -214,7 +214,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         generated = sampler(sampling_params(state['ema_params']), grid_batch, jax.random.key(config.sample.seed),
                             state.get('guide'))  # The live copy: the step donates (deletes) older ones.
         grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
-                                   grid_batch['tgt_img'])
+                                   grid_batch['tgt_img'], tgt_kpts=grid_batch['tgt_kpts'])
         if jax.process_index() == 0:
           visualize.save_png(os.path.join(workdir, 'samples', f'train_step_{step:07d}.png'), grid)
         writer.image(step, 'samples', grid)
