@@ -217,6 +217,10 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_end = 2e-2
   # Weight of the VLB term in the hybrid loss (Improved DDPM / PIDM: 1.0).
   diffusion.vlb_weight = 1.0
+  # Per-timestep weight of the eps-MSE: 'uniform' (PIDM / the paper) or 'min_snr' (min(SNR, gamma) / SNR,
+  # Hang et al. 2023: faster convergence; WORKSPACE.md has what it does on the demo's budget).
+  diffusion.mse_weighting = 'uniform'
+  diffusion.min_snr_gamma = 5.0
 
   # ---------------------------------------------------------------- training
   train = config.train = ml_collections.ConfigDict()

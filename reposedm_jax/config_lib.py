@@ -12,6 +12,7 @@ import jax
 
 from reposedm_jax import pif, pose_estimator, rpa_training, sample
 from reposedm_jax.data import dataset, deepfashion, errors
+from reposedm_jax.diffusion import gaussian
 from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.metrics import lpips, pose_accuracy, ssim
 from reposedm_jax.models import aligned, factory, hrnet, layers, unet
@@ -45,6 +46,10 @@ def validate(config) -> None:
   _check(f.normalize in pif.NORMALIZE, f'pif.normalize={f.normalize!r} must be one of {pif.NORMALIZE}', p)
   _check(f.grad_blur >= 0, f'pif.grad_blur={f.grad_blur} must be >= 0 (pixels; 0 = off)', p)
   _check(f.penalty_weight >= 0, f'pif.penalty_weight={f.penalty_weight} must be >= 0', p)
+  dd = config.diffusion
+  _check(dd.mse_weighting in gaussian.MSE_WEIGHTINGS,
+         f'diffusion.mse_weighting={dd.mse_weighting!r} must be one of {gaussian.MSE_WEIGHTINGS}', p)
+  _check(dd.min_snr_gamma > 0, f'diffusion.min_snr_gamma={dd.min_snr_gamma} must be > 0', p)
   r = config.rpa
   _check(r.aligned_path in aligned.ALIGNED_PATHS,
          f'rpa.aligned_path={r.aligned_path!r} must be one of {aligned.ALIGNED_PATHS}', p)

@@ -5,7 +5,6 @@ Only process 0 writes; other processes get a writer that drops everything.
 """
 
 import json
-import logging
 import os
 import time
 
@@ -76,8 +75,8 @@ def format_seconds(s: float) -> str:
 
 
 def log_line(msg: str) -> None:
+  """A line for the user, once (stdout; absl's INFO stream stays for libraries and --verbosity=0)."""
   if jax.process_index() == 0:
-    logging.info(msg)
     print(msg, flush=True)
 
 

@@ -4,10 +4,9 @@
 (the HigherHRNet estimator for PIF guidance, in <workdir>/pose).
 """
 
-import logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from reposedm_jax import config_lib, sharding
@@ -19,6 +18,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  # orbax and absl log hundreds of INFO lines per run; the user's lines are printed (logs.log_line). The
+  # config is in <workdir>/config.json. `--verbosity=0` brings the INFO stream back.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   sharding.maybe_initialize_distributed()
   run_mode(_CONFIG.value, _WORKDIR.value)
 
@@ -28,7 +31,7 @@ def run_mode(config, workdir: str):
   """Validates `config`, records it in `workdir` and runs its `config.mode` (what the command line does)."""
   config_lib.validate(config)
   config_lib.write_config(config, workdir)
-  logging.info('Config:\n%s', config)
+  logging.info('Config:\n%s', config)  # --verbosity=0 shows it; it is always in <workdir>/config.json
   if config.mode == 'train':
     from reposedm_jax import train
     return train.train_and_evaluate(config, workdir)

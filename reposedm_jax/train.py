@@ -55,6 +55,9 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   guided = config.variant == 'full' and config.pif.train_mode != 'off'
   heat_fn = pose_estimator.make_heat_fn(config, state['guide']) if guided else None
 
+  dcfg = config.diffusion
+  mse_weight = gaussian.min_snr_weight(sched, t, dcfg.min_snr_gamma) if dcfg.mse_weighting == 'min_snr' else None
+
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
                              rngs={'dropout': k_dropout}, mutable=['intermediates'])
@@ -64,7 +67,7 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
                                                  out.astype(jnp.float32), sched=sched, x_t=x_t, t=t,
                                                  noise=noise, batch=batch)
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
-                                 vlb_weight=config.diffusion.vlb_weight)
+                                 vlb_weight=config.diffusion.vlb_weight, mse_weight=mse_weight)
     loss = terms['loss'].mean() + pif_loss
     inter = inter.get('intermediates', {})
     if 'warped' in inter:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).

@@ -189,6 +189,26 @@ def test_hybrid_loss_vb_gradient_only_reaches_variance_head(base):
   assert np.all(np.isfinite(g_v)) and np.all(np.abs(g_v).sum((1, 2, 3)) > 0)
 
 
+
+def test_min_snr_weight_matches_closed_form_and_weights_only_the_mse(base):
+  t = np.array([0, 5, 50, 200, 500, 999])
+  acp = _np_tables()[1][t]
+  snr = acp / (1 - acp)
+  want = np.minimum(snr, 5.0) / snr
+  got = np.asarray(gaussian.min_snr_weight(base, jnp.asarray(t), 5.0))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert got[0] < 1e-3 and got[-1] == 1.0  # nearly clean steps down-weighted, noisy ones untouched
+  rng = np.random.default_rng(5)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (6, 4, 4, 3)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  out = jnp.asarray(rng.normal(size=(6, 4, 4, 6)), jnp.float32)
+  x_t = gaussian.q_sample(base, x0, jnp.asarray(t), noise)
+  plain = gaussian.hybrid_loss(base, out, x0, x_t, jnp.asarray(t), noise)
+  weighted = gaussian.hybrid_loss(base, out, x0, x_t, jnp.asarray(t), noise, mse_weight=jnp.asarray(got))
+  np.testing.assert_array_equal(weighted['mse'], plain['mse'])
+  np.testing.assert_array_equal(weighted['vb'], plain['vb'])
+  np.testing.assert_allclose(weighted['loss'], got * plain['mse'] + plain['vb'], rtol=1e-6)
+
 # ---------------------------------------------------------------------------------- samplers
 
 def test_ddim_eta1_variance_is_respaced_posterior_variance(base):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +150,12 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
   for mode in ('train', 'sample', 'eval'):
     r = subprocess.run(base + [f'--config.mode={mode}'], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if mode == 'train':  # what the user reads: each progress line once, no library INFO stream, no config dump
+      out = r.stdout + r.stderr
+      progress = [line for line in out.splitlines() if line.startswith('step ')]
+      assert progress and len(progress) == len(set(progress)), progress
+      info = [line for line in out.splitlines() if re.match(r'I\d{4} ', line)]  # absl INFO records
+      assert not info and 'Config:' not in out, out[-2000:]
   metrics = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert metrics['num_images'] == 8
   assert 0 < metrics['ssim']['copy_source_baseline'] < 1 and -1 < metrics['ssim']['generated'] < 1

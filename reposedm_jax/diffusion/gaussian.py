@@ -128,8 +128,21 @@ def discretized_gaussian_log_likelihood(x: jnp.ndarray, means: jnp.ndarray,
                    jnp.where(x > _EDGE, log_one_minus_cdf_min, log_delta))
 
 
+MSE_WEIGHTINGS = ('uniform', 'min_snr')
+
+
+def min_snr_weight(s: Schedule, t: jnp.ndarray, gamma: float) -> jnp.ndarray:
+  """Min-SNR-gamma weight of the eps-MSE at schedule index t [B]: min(SNR, gamma) / SNR (Hang et al., 2023).
+
+  SNR = acp / (1 - acp). Noisy steps (SNR < gamma) keep weight 1; nearly clean ones, whose eps-MSE is
+  large, easy to lower and of little use to the sample, are down-weighted."""
+  acp = np.asarray(s.alphas_cumprod, np.float64)  # 1 - acp in float32 loses 4 digits near t = 0
+  snr = acp / (1.0 - acp)
+  return jnp.asarray(np.minimum(snr, gamma) / snr, jnp.float32)[t]
+
+
 def hybrid_loss(s: Schedule, out: jnp.ndarray, x0: jnp.ndarray, x_t: jnp.ndarray,
-                t: jnp.ndarray, noise: jnp.ndarray, vlb_weight: float = 1.0) -> dict:
+                t: jnp.ndarray, noise: jnp.ndarray, vlb_weight: float = 1.0, mse_weight=None) -> dict:
   """Improved-DDPM hybrid loss as PIDM trains it: L_simple + vlb_weight * L_vb.
 
   The VLB term sees a stop-gradiented eps, so it only trains the variance head and the mean
@@ -143,6 +156,8 @@ def hybrid_loss(s: Schedule, out: jnp.ndarray, x0: jnp.ndarray, x_t: jnp.ndarray
     t: [B] int schedule indices.
     noise: [B, H, W, C] the noise used for x_t.
     vlb_weight: multiplier of the vb term (1 in PIDM).
+    mse_weight: optional [B] per-example weight of the MSE in 'loss' (e.g. `min_snr_weight`); 'mse' stays
+      unweighted so logs compare across weightings.
 
   Returns:
     dict of [B] arrays: 'mse', 'vb' (bits/dim; decoder NLL where t == 0), 'loss'.
@@ -158,4 +173,5 @@ def hybrid_loss(s: Schedule, out: jnp.ndarray, x0: jnp.ndarray, x_t: jnp.ndarray
       x0, means=p['mean'], log_scales=0.5 * p['log_variance'])) / np.log(2.0)
   # Both branches are finite everywhere, so the where's gradient stays NaN-free.
   vb = jnp.where(jnp.asarray(t) == 0, nll_b, kl_b)
-  return {'mse': mse, 'vb': vb, 'loss': mse + vlb_weight * vb}
+  weighted = mse if mse_weight is None else mse_weight * mse
+  return {'mse': mse, 'vb': vb, 'loss': weighted + vlb_weight * vb}
