@@ -4,6 +4,7 @@
 (the HigherHRNet estimator for PIF guidance, in <workdir>/pose).
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -22,8 +23,22 @@ def main(argv):
   # config is in <workdir>/config.json. `--verbosity=0` brings the INFO stream back.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  try:  # the config file is loaded lazily, here: a missing file or a bad ':args' is the user's, in one line
+    config = _CONFIG.value
+    config.mode  # noqa: B018 -- a config that failed to load is a placeholder raising on first access
+  except (OSError, ValueError) as e:
+    sys.exit(f'Invalid --config: {_last_error_line(str(e))}')
   sharding.maybe_initialize_distributed()
-  run_mode(_CONFIG.value, _WORKDIR.value)
+  run_mode(config, _WORKDIR.value)
+
+
+def _last_error_line(text: str) -> str:
+  """The message of the innermost exception in `text` (ml_collections embeds whole tracebacks in its errors)."""
+  lines = [line.strip() for line in text.replace('\\n', '\n').splitlines() if line.strip()]
+  if 'No such file or directory' in text:
+    return next(line for line in lines if 'No such file or directory' in line)
+  errors = [line for line in lines if re.match(r'^\w+(Error|Exception): ', line)]
+  return errors[-1] if errors else ' '.join(lines)
 
 
 # Each mode imports only its own job (a function-local import, the package's one exception).
@@ -58,7 +73,8 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (KeyError, AttributeError, ValueError, flags.Error) as e:
     overrides = [a for a in argv[1:] if a.startswith('--config')]
-    reason = str(e).strip('"\'').replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    reason = str(e).strip('"\'').replace("\\'", "'")
+    reason = _last_error_line(reason) if 'Traceback' in reason else reason.replace('\\n', ' ').replace('\n', ' ')
     sys.exit(f'Invalid command line: {reason}\n  config arguments given: {overrides}')
 
 

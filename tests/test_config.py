@@ -37,3 +37,31 @@ def test_missing_data_root_names_the_flag():
   config.data.root = '/nonexistent/dataset'
   with pytest.raises(config_lib.ConfigError, match='--config.data.root'):
     config_lib.validate(config)
+
+
+def test_config_arguments_are_strict():
+  from configs import common
+  assert common.parse_arg('runlocal=false,variant=b2', variant='b1', runlocal=True) == {'variant': 'b2',
+                                                                                       'runlocal': False}
+  assert common.parse_arg('runlocal', runlocal=False) == {'runlocal': True}
+  with pytest.raises(ValueError, match="runlocal='ture' is not a boolean"):
+    common.parse_arg('runlocal=ture', runlocal=False)
+  with pytest.raises(ValueError, match="unknown config argument 'runlokal'"):
+    common.parse_arg('runlokal', runlocal=False)
+
+
+@pytest.mark.parametrize('config_arg,message', [
+    ('configs/demoo.py', "Invalid --config: [Errno 2] No such file or directory: 'configs/demoo.py'"),
+    ('configs/demo.py:runlokal', "ValueError: unknown config argument 'runlokal'"),
+    ('configs/demo.py:runlocal=ture', "runlocal='ture' is not a boolean"),
+])
+def test_a_mistyped_config_is_one_line(config_arg, message, tmp_path):
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'reposedm_jax.main', f'--config={config_arg}',
+                      f'--workdir={tmp_path}'], cwd=repo, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  err = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+  assert 'Traceback' not in r.stdout + r.stderr and message in err[0], err
