@@ -99,8 +99,14 @@ def validate(config) -> None:
          '(processes x 2 when data.both_directions)', p)
   _check(t.grid_pairs % n_dev == 0, f'train.grid_pairs={t.grid_pairs} must be divisible by {n_dev} devices', p)
   _check(0 <= t.cond_drop_prob < 1, 'train.cond_drop_prob must be in [0, 1)', p)
-  for key in ('log_every', 'ckpt_every', 'sample_every', 'num_steps'):
-    _check(t[key] > 0, f'train.{key} must be positive', p)
+  for key in ('log_every', 'ckpt_every', 'sample_every', 'num_steps', 'keep_checkpoints', 'batch_size'):
+    _check(t[key] > 0, f'train.{key}={t[key]} must be positive', p)
+  _check(t.lr > 0, f'train.lr={t.lr} must be positive', p)
+  _check(t.warmup_steps >= 0 and 0 <= t.warmup_init_frac <= 1,
+         'train.warmup_steps must be >= 0 and train.warmup_init_frac in [0, 1]', p)
+  _check(0 <= t.ema_decay < 1 and t.ema_start_step >= 0, 'train.ema_decay must be in [0, 1), ema_start_step >= 0', p)
+  _check(t.weight_decay >= 0 and t.grad_clip >= 0, 'train.weight_decay and train.grad_clip must be >= 0', p)
+  _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, 'train.b1 and train.b2 (AdamW betas) must be in [0, 1)', p)
   s = config.sample
   _check(s.sampler in sample.SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {sample.SAMPLERS}', p)
   _check(s.batch_size % n_dev == 0, f'sample.batch_size={s.batch_size} must be divisible by {n_dev} devices', p)

@@ -65,3 +65,18 @@ def test_a_mistyped_config_is_one_line(config_arg, message, tmp_path):
   assert r.returncode != 0
   err = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
   assert 'Traceback' not in r.stdout + r.stderr and message in err[0], err
+
+
+@pytest.mark.parametrize('key,value,needle', [
+    ('keep_checkpoints', 0, 'train.keep_checkpoints=0 must be positive'),
+    ('lr', -1e-4, 'train.lr=-0.0001 must be positive'),
+    ('lr', 0.0, 'train.lr=0.0 must be positive'),
+    ('ema_decay', 1.0, 'train.ema_decay'),
+    ('b2', 1.5, 'AdamW betas'),
+])
+def test_training_hyperparameters_are_validated(key, value, needle, tmp_path):
+  config = demo.get_config()
+  config.data.root = str(tmp_path)
+  config.train[key] = value
+  with pytest.raises(config_lib.ConfigError, match=needle.replace('(', r'\(').replace('.', r'\.')):
+    config_lib.validate(config)
