@@ -209,6 +209,14 @@ def test_min_snr_weight_matches_closed_form_and_weights_only_the_mse(base):
   np.testing.assert_array_equal(weighted['vb'], plain['vb'])
   np.testing.assert_allclose(weighted['loss'], got * plain['mse'] + plain['vb'], rtol=1e-6)
 
+
+@pytest.mark.parametrize('n', [1, 7, 10, 30, 50, 100, 250, 333, 999, 1000])
+def test_ddim_timesteps_gives_n_steps_and_pidms_sequence_when_n_divides_t(n):
+  seq = ddim_timesteps(T, n)
+  assert len(seq) == len(set(seq)) == n and seq == sorted(seq) and seq[0] == 0 and seq[-1] < T
+  if T % n == 0:
+    assert seq == list(range(0, T, T // n))
+
 # ---------------------------------------------------------------------------------- samplers
 
 def test_ddim_eta1_variance_is_respaced_posterior_variance(base):

@@ -126,10 +126,13 @@ def respace(schedule: Schedule, use_timesteps: Sequence[int]) -> Schedule:
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
-  """PIDM's DDIM sequence list(range(0, T, T // num_steps)), e.g. [0, 10, ..., 990]."""
+  """`num_steps` timesteps floor(i T / n), i < n: PIDM's list(range(0, T, T // n)) whenever n divides T.
+
+  PIDM's own form gives more than n steps otherwise (n = 30: T // n = 33, 31 steps); this one gives n.
+  """
   if not 0 < num_steps <= num_timesteps:
     raise ValueError(f'num_steps must be in [1, {num_timesteps}], got {num_steps}')
-  return list(range(0, num_timesteps, num_timesteps // num_steps))
+  return [i * num_timesteps // num_steps for i in range(num_steps)]
 
 
 def extract(table_np: np.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
