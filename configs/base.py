@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.both_directions = True
   # What a malformed example does: 'error' (raise, naming file/line/field) or 'skip' (count + log).
   data.on_bad_example = 'error'
+  # A pose with fewer visible joints than this is a bad example (an all -1 file is a target with no pose).
+  data.min_visible_joints = 1
   # Decode every image during start-up validation (slow on real data; catches truncated files early).
   data.validate_images = False
   # grain worker processes for the training input pipeline (0 = in the main process).

@@ -126,6 +126,8 @@ def test_pairs_line_naming_missing_image(pidm_root, tmp_path):
     ('1 2\n' * 5 + '1 abc\n' + '1 2\n' * 12, r":6: field 'y': non-numeric value 'abc'"),
     ('1 2 3\n' + '1 2\n' * 17, r":1: field 'columns'"),
     ('1 2\n' * 3 + '300 20\n' + '1 2\n' * 14, r":4: field 'keypoints': keypoint 3 .*outside"),
+    ('1 2\n' * 6 + 'nan 3\n' + '1 2\n' * 11, r":7: field 'x': non-finite value 'nan'"),
+    ('-1 -1\n' * 18, r"field 'keypoints': 0 visible joints, fewer than data.min_visible_joints=1"),
 ])
 def test_bad_pose_file(pidm_root, tmp_path, content, pattern):
   root = copy_tree(pidm_root, tmp_path)
@@ -185,3 +187,69 @@ def test_misspelling_accepted(patn_root, tmp_path):
       os.rename(os.path.join(root, f), os.path.join(root, 'fashion-' + f[len('fasion-'):]))
   assert len(load_split(data_cfg(root, format='patn', csv_prefix='fasion-resize'), 'test')) > 0
   assert patn.csv_path(root, 'fashion-resize', 'pairs', 'test').endswith('fashion-resize-pairs-test.csv')
+
+
+def test_skip_mode_skips_malformed_pairs_lines_and_keeps_the_rest(pidm_root, tmp_path):
+  root = copy_tree(pidm_root, tmp_path)
+  path = os.path.join(root, 'train_pairs.txt')
+  good = [ln for ln in open(path).read().splitlines() if ln.strip()]
+  with open(path, 'w') as f:
+    f.write('\n'.join(good[:2] + ['only_one_field.jpg', 'a.jpg,,b.jpg'] + good[2:]) + '\n')
+  with pytest.raises(BadExampleError, match=r"train_pairs.txt:3: field 'pair'"):
+    load_split(data_cfg(root), 'train')
+  split = load_split(data_cfg(root, on_bad_example='skip'), 'train')
+  assert split.skipped.total == 2
+  assert [(p.target, *p.sources) for p in split.pairs] == [tuple(ln.split(',')) for ln in good]
+
+
+def test_min_visible_joints_is_configurable(pidm_root, tmp_path):
+  root = copy_tree(pidm_root, tmp_path)
+  _, path = _first_pose_file(root)
+  rows = open(path).read().splitlines()
+  with open(path, 'w') as f:  # two visible joints
+    f.write('\n'.join(rows[:2] + ['-1 -1'] * 16) + '\n')
+  assert len(load_split(data_cfg(root), 'train')) > 0
+  with pytest.raises(BadExampleError, match='2 visible joints, fewer than data.min_visible_joints=3'):
+    load_split(data_cfg(root, min_visible_joints=3), 'train')
+
+
+def test_patn_skip_mode_skips_malformed_rows(patn_root, tmp_path):
+  root = copy_tree(patn_root, tmp_path)
+  cfg = data_cfg(root, format='patn', on_bad_example='skip')
+  before = load_split(cfg, 'test')
+  pairs_path = os.path.join(root, 'fasion-resize-pairs-test.csv')
+  rows = open(pairs_path).read().splitlines()
+  with open(pairs_path, 'w') as f:
+    f.write('\n'.join(rows[:2] + ['just_one_name.jpg'] + rows[2:]) + '\n')
+  ann = os.path.join(root, 'fasion-resize-annotation-test.csv')
+  arows = open(ann).read().splitlines()
+  victim = arows[1].split(':')[0].strip()
+  with open(ann, 'w') as f:
+    f.write('\n'.join([arows[0], victim + ': [1, 2] : [3]', victim + '_x: ' + ':'.join(['[-1]' * 1] * 2)]
+                       + arows[2:]) + '\n')
+  with pytest.raises(BadExampleError, match=r"pairs-test.csv:3: field 'pair'|annotation-test.csv:2"):
+    load_split(data_cfg(root, format='patn'), 'test')
+  split = load_split(cfg, 'test')
+  assert split.skipped.total >= 3  # two annotation rows, one pairs row (+ pairs that lose the victim's pose)
+  kept = [p for p in before.pairs if victim not in p.target and all(victim not in s for s in p.sources)]
+  assert [(p.target, p.sources) for p in split.pairs] == [(p.target, p.sources) for p in kept]
+
+
+def test_sixteen_bit_greyscale_png_is_scaled_not_clipped():
+  import io
+  values = (np.arange(64).reshape(8, 8) * 1024).astype(np.uint16)  # 0 .. 64512
+  buf = io.BytesIO()
+  Image.fromarray(values).save(buf, format='PNG')
+  rgb = images.decode_image(buf.getvalue(), 'grey16.png')
+  assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+  np.testing.assert_array_equal(rgb[..., 0], np.round(values / 257.0).astype(np.uint8))
+  assert rgb.min() == 0 and 0 < np.median(rgb) < 255  # not the all-white image convert('RGB') gives
+
+
+def test_decompression_bomb_is_a_bad_example(monkeypatch):
+  import io
+  buf = io.BytesIO()
+  Image.new('RGB', (64, 64)).save(buf, format='PNG')
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # 4096 px > 2 x 1000: Pillow's hard refusal
+  with pytest.raises(BadExampleError, match=r"huge.png: field 'image': image too large to decode"):
+    images.decode_image(buf.getvalue(), 'huge.png')

@@ -19,14 +19,24 @@ from reposedm_jax.data.splits import Pair, Split, first_out_of_frame
 LEGACY_HW = (256, 256)
 
 
+def check_visible(path: str, kpts: np.ndarray, min_visible: int, line: int | None = None) -> None:
+  visible = int((~np.any(kpts == -1, axis=1)).sum())
+  if visible < min_visible:
+    raise BadExampleError(path, f'{visible} visible joints, fewer than data.min_visible_joints={min_visible}',
+                          line=line, field='keypoints')
+
+
 def pose_path(root: str, image_key: str) -> str:
   """PIDM's rule: img/ -> pose/, extension -> .txt."""
   rel = image_key.replace('img/', 'pose/', 1)
   return os.path.join(root, os.path.splitext(rel)[0] + '.txt')
 
 
-def read_pose_txt(path: str) -> np.ndarray:
-  """Reads one keypoint file -> float32 [18, 2] (x, y) in the legacy frame; -1 = missing."""
+def read_pose_txt(path: str, min_visible: int = 1) -> np.ndarray:
+  """Reads one keypoint file -> float32 [18, 2] (x, y) in the legacy frame; -1 = missing.
+
+  A file with fewer than `min_visible` visible joints (data.min_visible_joints) is a BadExampleError: a
+  target without a pose would train and score as if it had one."""
   if not os.path.isfile(path):
     raise BadExampleError(path, 'pose file not found', field='pose')
   with open(path) as f:
@@ -43,8 +53,9 @@ def read_pose_txt(path: str) -> np.ndarray:
         out[i, j] = float(tok)
       except ValueError:
         raise BadExampleError(path, f'non-numeric value {tok!r}', line=i + 1, field=name) from None
-  if not np.isfinite(out).all():
-    raise BadExampleError(path, 'non-finite keypoint value', field='keypoints')
+      if not np.isfinite(out[i, j]):
+        raise BadExampleError(path, f'non-finite value {tok!r}', line=i + 1, field=name)
+  check_visible(path, out, min_visible)
   bad = first_out_of_frame(out, LEGACY_HW)
   if bad is not None:
     raise BadExampleError(path, f'keypoint {bad} = {tuple(out[bad])} outside the 256x256 legacy frame',
@@ -52,10 +63,11 @@ def read_pose_txt(path: str) -> np.ndarray:
   return out
 
 
-def read_pairs_txt(path: str) -> list[Pair]:
-  """Parses a PIDM pairs file: field 0 is the target, fields 1.. are sources."""
+def read_pairs_txt(path: str, on_bad: str = 'error', counter: errors.SkipCounter | None = None) -> list[Pair]:
+  """Parses a PIDM pairs file: field 0 is the target, fields 1.. are sources (a malformed line: `on_bad`)."""
   if not os.path.isfile(path):
     raise BadExampleError(path, 'pairs file not found', field='pairs')
+  counter = counter or errors.SkipCounter('pairs lines')
   pairs = []
   with open(path) as f:
     for n, ln in enumerate(f, start=1):
@@ -63,7 +75,9 @@ def read_pairs_txt(path: str) -> list[Pair]:
         continue
       fields = [x.strip() for x in ln.strip().split(',')]
       if len(fields) < 2 or not all(fields):
-        raise BadExampleError(path, 'expected "target,source[,source...]"', line=n, field='pair')
+        errors.handle(BadExampleError(path, 'expected "target,source[,source...]"', line=n, field='pair'),
+                      on_bad, counter)
+        continue
       pairs.append(Pair(fields[0], tuple(fields[1:]), f'{path}:{n}'))
   if not pairs:
     raise BadExampleError(path, 'empty split: no pairs', field='pairs')
@@ -124,13 +138,14 @@ def load_split(data_cfg, split: str) -> Split:
   else:
     raise ValueError(f'data.image_source must be one of {IMAGE_SOURCES}, got {data_cfg.image_source!r}')
   counter = errors.SkipCounter(f'{split} examples')
-  pairs = read_pairs_txt(os.path.join(root, f'{split}_pairs.txt'))
+  pairs = read_pairs_txt(os.path.join(root, f'{split}_pairs.txt'), data_cfg.on_bad_example, counter)
   keypoints: dict[str, np.ndarray] = {}
-  pairs = validate_pairs(pairs, keypoints, images, read_pose=lambda k: read_pose_txt(pose_path(root, k)),
+  pairs = validate_pairs(pairs, keypoints, images, read_pose=lambda k: read_pose_txt(pose_path(root, k), data_cfg.min_visible_joints),
                          on_bad=data_cfg.on_bad_example, counter=counter,
                          decode_images=data_cfg.validate_images)
   if not pairs:
     raise BadExampleError(os.path.join(root, f'{split}_pairs.txt'), 'empty split: no valid pairs left',
                           field='pairs')
-  logging.info('%s: %d pairs, %d images. %s', split, len(pairs), len(keypoints), counter.summary())
+  (logging.warning if counter.total else logging.info)('%s: %d pairs, %d images. %s', split, len(pairs),
+                                                       len(keypoints), counter.summary())
   return Split(split, pairs, keypoints, images, 'legacy256', LEGACY_HW, counter)

@@ -22,12 +22,21 @@ def candidate_keys(key: str) -> tuple[str, ...]:
   return (key,)
 
 
+# Pillow's modes for 16-bit greyscale PNGs (values 0..65535).
+_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
 def decode_image(data: bytes | str, where: str) -> np.ndarray:
   """Decodes PNG/JPEG bytes (or a path) to uint8 RGB [H, W, 3]; truncated files raise."""
   try:
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
       im.load()  # Forces a full decode, so a truncated file fails here, not as grey pixels.
+      if im.mode in _SIXTEEN_BIT:  # convert('RGB') clips 16-bit values to 255: an all-white image
+        grey = np.round(np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
       return np.asarray(im.convert('RGB'))
+  except Image.DecompressionBombError as e:  # Pillow refuses > 2 x MAX_IMAGE_PIXELS before decoding
+    raise BadExampleError(where, f'image too large to decode ({e})', field='image') from None
   except (OSError, SyntaxError, ValueError) as e:
     raise BadExampleError(where, f'unreadable or truncated image: {e}', field='image') from e
 

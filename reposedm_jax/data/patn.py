@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from reposedm_jax.data import errors
-from reposedm_jax.data.deepfashion import validate_pairs
+from reposedm_jax.data.deepfashion import check_visible, validate_pairs
 from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.data.images import FolderImages
 from reposedm_jax.data.splits import Pair, Split, first_out_of_frame
@@ -51,8 +51,10 @@ def _int_list(path: str, n: int, field: str, text: str) -> list[float]:
   return values
 
 
-def read_annotations(path: str, frame_hw: tuple[int, int]) -> dict[str, tuple[np.ndarray, int]]:
-  """name -> (float32 [18, 2] (x, y) keypoints, line number)."""
+def read_annotations(path: str, frame_hw: tuple[int, int], on_bad: str = 'error',
+                     counter: errors.SkipCounter | None = None, min_visible: int = 1) -> dict[str, tuple[np.ndarray, int]]:
+  """name -> (float32 [18, 2] (x, y) keypoints, line number); a malformed row: `on_bad` (the header: an error)."""
+  counter = counter or errors.SkipCounter('annotation rows')
   out = {}
   with open(path) as f:
     header = f.readline().strip()
@@ -61,25 +63,37 @@ def read_annotations(path: str, frame_hw: tuple[int, int]) -> dict[str, tuple[np
     for n, ln in enumerate(f, start=2):
       if not ln.strip():
         continue
-      parts = ln.rstrip('\n').split(':')
-      if len(parts) != 3:
-        raise BadExampleError(path, 'expected 3 ":"-separated fields', line=n, field='row')
-      name = parts[0].strip()
-      ys = _int_list(path, n, 'keypoints_y', parts[1])
-      xs = _int_list(path, n, 'keypoints_x', parts[2])
-      kpts = np.stack([np.asarray(xs, np.float32), np.asarray(ys, np.float32)], axis=1)
-      # PATN marks a missing joint by -1 in both lists; treat either as missing.
-      kpts[(kpts[:, 0] == -1) | (kpts[:, 1] == -1)] = -1
-      bad = first_out_of_frame(kpts, frame_hw)
-      if bad is not None:
-        raise BadExampleError(path, f'keypoint {bad} = {tuple(kpts[bad])} outside the {frame_hw} frame of {name}',
-                              line=n, field='keypoints')
+      try:
+        name, kpts = _annotation_row(path, n, ln, frame_hw, min_visible)
+      except BadExampleError as e:
+        errors.handle(e, on_bad, counter)
+        continue
       out[name] = (kpts, n)
   return out
 
 
-def read_pairs_csv(path: str, image_dir: str) -> list[Pair]:
-  """PATN pairs (from = source, to = target) -> Pairs keyed '<split>/<name>'."""
+def _annotation_row(path: str, n: int, ln: str, frame_hw, min_visible: int) -> tuple[str, np.ndarray]:
+  parts = ln.rstrip('\n').split(':')
+  if len(parts) != 3:
+    raise BadExampleError(path, 'expected 3 ":"-separated fields', line=n, field='row')
+  name = parts[0].strip()
+  ys = _int_list(path, n, 'keypoints_y', parts[1])
+  xs = _int_list(path, n, 'keypoints_x', parts[2])
+  kpts = np.stack([np.asarray(xs, np.float32), np.asarray(ys, np.float32)], axis=1)
+  # PATN marks a missing joint by -1 in both lists; treat either as missing.
+  kpts[(kpts[:, 0] == -1) | (kpts[:, 1] == -1)] = -1
+  check_visible(path, kpts, min_visible, line=n)
+  bad = first_out_of_frame(kpts, frame_hw)
+  if bad is not None:
+    raise BadExampleError(path, f'keypoint {bad} = {tuple(kpts[bad])} outside the {frame_hw} frame of {name}',
+                          line=n, field='keypoints')
+  return name, kpts
+
+
+def read_pairs_csv(path: str, image_dir: str, on_bad: str = 'error',
+                   counter: errors.SkipCounter | None = None) -> list[Pair]:
+  """PATN pairs (from = source, to = target) -> Pairs keyed '<split>/<name>'; a malformed row: `on_bad`."""
+  counter = counter or errors.SkipCounter('pairs rows')
   pairs = []
   with open(path, newline='') as f:
     reader = csv.reader(f)
@@ -91,7 +105,8 @@ def read_pairs_csv(path: str, image_dir: str) -> list[Pair]:
       if not row:
         continue
       if len(row) != 2 or not all(x.strip() for x in row):
-        raise BadExampleError(path, 'expected "from,to"', line=n, field='pair')
+        errors.handle(BadExampleError(path, 'expected "from,to"', line=n, field='pair'), on_bad, counter)
+        continue
       src, tgt = (x.strip() for x in row)
       pairs.append(Pair(f'{image_dir}/{tgt}', (f'{image_dir}/{src}',), f'{path}:{n}'))
   if not pairs:
@@ -105,8 +120,9 @@ def load_split(data_cfg, split: str) -> Split:
   frame_hw = (data_cfg.ann_height, data_cfg.ann_width)
   ann_path = csv_path(root, prefix, 'annotation', split)
   pairs_path = csv_path(root, prefix, 'pairs', split)
-  ann = read_annotations(ann_path, frame_hw)
-  pairs = read_pairs_csv(pairs_path, split)
+  counter = errors.SkipCounter(f'{split} examples')
+  ann = read_annotations(ann_path, frame_hw, data_cfg.on_bad_example, counter, data_cfg.min_visible_joints)
+  pairs = read_pairs_csv(pairs_path, split, data_cfg.on_bad_example, counter)
 
   def read_pose(key: str) -> np.ndarray:
     name = key.split('/', 1)[1]
@@ -114,11 +130,11 @@ def load_split(data_cfg, split: str) -> Split:
       raise BadExampleError(ann_path, f'no annotation row for {name!r}', field='name')
     return ann[name][0]
 
-  counter = errors.SkipCounter(f'{split} examples')
   keypoints: dict[str, np.ndarray] = {}
   pairs = validate_pairs(pairs, keypoints, FolderImages(root), read_pose=read_pose,
                          on_bad=data_cfg.on_bad_example, counter=counter, decode_images=data_cfg.validate_images)
   if not pairs:
     raise BadExampleError(pairs_path, 'empty split: no valid pairs left', field='pairs')
-  logging.info('%s: %d pairs, %d images. %s', split, len(pairs), len(keypoints), counter.summary())
+  (logging.warning if counter.total else logging.info)('%s: %d pairs, %d images. %s', split, len(pairs),
+                                                       len(keypoints), counter.summary())
   return Split(split, pairs, keypoints, FolderImages(root), 'image', frame_hw, counter)
