@@ -11,6 +11,7 @@ import signal
 from flax import traverse_util
 import grain.python as pygrain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from reposedm_jax import logs
@@ -22,7 +23,18 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                item_names=('state', 'data'))
 
 
+_all_finite = None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None) -> None:
+  """Saves `step` (asynchronously); a state with a NaN or inf anywhere is never saved: FloatingPointError."""
+  global _all_finite
+  _all_finite = _all_finite or jax.jit(all_finite)
+  if not bool(_all_finite(state)):
+    last = manager.latest_step()
+    raise FloatingPointError(f'Non-finite training state at step {step}: not saved. The last finite checkpoint '
+                             f'is step {last} in {manager.directory}' if last is not None else
+                             f'Non-finite training state at step {step}: not saved (no earlier checkpoint).')
   items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
     items['data'] = pygrain.PyGrainCheckpointSave(data_iter)
@@ -57,17 +69,88 @@ class StopFlag:
       signal.signal(sig, old)
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run restores, or another job holds the run (the user's to resolve: one line)."""
+
+
+_locks = {}
+
+
+def lock_workdir(directory: str, what: str = 'training') -> None:
+  """Holds an exclusive lock on `directory` for this process's lifetime (process 0; the kernel frees it on exit).
+
+  Two trainings writing one workdir would overwrite each other's checkpoints and both end with rc 0.
+  """
+  directory = os.path.realpath(directory)
+  if jax.process_index() != 0 or directory in _locks:
+    return
+  import fcntl
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f'.{what}.lock')
+  f = open(path, 'a+')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or 'another process'
+    f.close()
+    raise CheckpointError(f'{directory} is in use by another {what} ({holder}); wait for it or use another '
+                          '--workdir') from None
+  f.seek(0)
+  f.truncate()
+  f.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
+  f.flush()
+  _locks[directory] = f
+
+
+def damaged_dir(manager: ocp.CheckpointManager) -> str:
+  """Where damaged steps are moved: beside checkpoints/, so the manager no longer lists them."""
+  return str(manager.directory) + '_damaged'
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=None):
-  """Restores the latest step into the shapes/shardings of `abstract_state`; None if there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  items = {'state': ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None and 'data' in (manager.item_metadata(step) or {}):
-    items['data'] = pygrain.PyGrainCheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  logging.info('Resumed from %s step %d', manager.directory, step)
-  return restored['state']
+  """Restores the newest step that restores into the shapes/shardings of `abstract_state`; None if none exists.
+
+  A step that fails to restore (a truncated or deleted file, a step cut off mid-write) is moved aside to
+  `damaged_dir` with one warning, and the next older step is tried: a requeued job resumes from the newest
+  good step instead of failing forever. If every step is damaged, CheckpointError (nothing is deleted).
+  """
+  tried = []
+  while (step := manager.latest_step()) is not None:
+    try:
+      items = {'state': ocp.args.StandardRestore(abstract_state)}
+      if data_iter is not None and 'data' in (manager.item_metadata(step) or {}):
+        items['data'] = pygrain.PyGrainCheckpointRestore(data_iter)
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types for a damaged step
+      tried.append(step)
+      reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      if jax.process_index() == 0:
+        os.makedirs(damaged_dir(manager), exist_ok=True)
+        dst = os.path.join(damaged_dir(manager), str(step))
+        if os.path.exists(dst):
+          dst += f'.{os.getpid()}'
+        os.replace(os.path.join(str(manager.directory), str(step)), dst)
+        logging.warning('Checkpoint step %d in %s does not restore (%s: %s); moved to %s, trying an older step.',
+                        step, manager.directory, type(e).__name__, reason, dst)
+      if jax.process_count() > 1:  # every process lists the steps only after process 0 moved the damaged one
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f'checkpoint-moved-{step}')
+      manager.reload()
+      continue
+    logs.log_line(f'Resumed from {manager.directory} step {step}' +
+                  (f' (damaged steps {tried} moved to {damaged_dir(manager)})' if tried else ''))
+    return restored['state']
+  if tried:
+    raise CheckpointError(f'No checkpoint in {manager.directory} restores: steps {tried} are damaged and were '
+                          f'moved to {damaged_dir(manager)}. Remove that directory to start from scratch.')
+  return None
+
+
+def all_finite(tree) -> jax.Array:
+  """One device bool: every floating leaf of `tree` is finite (jit it; it reads each leaf once)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def restore_here(manager: ocp.CheckpointManager, step: int, item: str = 'state'):

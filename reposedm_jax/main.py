@@ -79,10 +79,17 @@ def _parse_flags(argv):
 
 
 def run():
+  from reposedm_jax import checkpoint
+  from reposedm_jax.data.errors import BadExampleError
   try:
     app.run(main, flags_parser=_parse_flags)
   except config_lib.ConfigError as e:
     sys.exit(str(e))
+  except (BadExampleError, checkpoint.CheckpointError, FloatingPointError) as e:
+    # The user's data, workdir or run (not a bug): one line; --verbosity=0 keeps the traceback.
+    if flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present:
+      raise
+    sys.exit(f'{type(e).__name__}: {e}')
 
 
 if __name__ == '__main__':

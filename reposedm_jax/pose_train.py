@@ -127,6 +127,7 @@ def train_pose(config, workdir: str) -> dict:
   """Trains the estimator in <workdir>/pose (resuming), evaluates it, returns the held-out metrics."""
   pcfg = config.pose
   pose_dir = os.path.join(workdir, 'pose')
+  checkpoint.lock_workdir(pose_dir, 'pose training')
   # --- Mesh & input pipeline
   mesh = sharding.make_mesh(config.mesh)
   data_cfg = _pose_data_config(config.data)
@@ -187,6 +188,9 @@ def train_pose(config, workdir: str) -> dict:
         logs.log_line(f'step {step} held-out PCK@0.1 {acc["pck@0.1"]:.4f}, mean error {acc["mean_error_px"]:.2f} px')
       if step % pcfg.ckpt_every == 0:
         checkpoint.save(manager, step, state, data_iter)
+  except BaseException:
+    manager.wait_until_finished()  # an in-flight save of an earlier, finite step lands before the process ends
+    raise
   finally:
     stop.restore()
   checkpoint.finish(manager, step, state, data_iter, stopped=stop.stop)

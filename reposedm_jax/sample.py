@@ -58,7 +58,7 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
                                          pose_estimator.reference_heads(config), s, batch['tgt_kpts'],
                                          scfg.guidance_scale)
   if scfg.sampler == 'ddim':
-    return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, rng=k_loop,
+    return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, clip_x0=scfg.ddim_clip_x0, rng=k_loop,
                                 eps_correction_fn=correction)
   return samplers.ddpm_sample(model_fn, s, x_t, k_loop, eps_correction_fn=correction)
 

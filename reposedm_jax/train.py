@@ -111,6 +111,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writes logs, metrics and grids, and every process takes part in the orbax checkpoints.
   """
   tcfg = config.train
+  checkpoint.lock_workdir(workdir)
   # --- Mesh
   mesh = sharding.make_mesh(config.mesh)
   logs.log_line(f'Mesh {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)')
@@ -223,6 +224,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.image(step, 'samples', grid)
       if step % stop_check_every == 0:
         stopped = sharding.any_process(stop.stop)
+  except BaseException:
+    manager.wait_until_finished()  # an in-flight save of an earlier, finite step lands before the process ends
+    raise
   finally:
     stop.restore()
   # --- Final / preemption checkpoint (all processes: orbax writes each one's shards)

@@ -22,7 +22,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # itself matches only exactly). Lower layers never import higher ones.
 LAYERS = {
     # 0: leaf utilities (no package imports but each other).
-    'reposedm_jax': 0, 'reposedm_jax.logs': 0, 'reposedm_jax.sharding': 0, 'reposedm_jax.visualize': 0,
+    'reposedm_jax': 0, 'reposedm_jax.logs': 0, 'reposedm_jax.sharding': 0,
     'reposedm_jax.convert.torch_checkpoint': 0, 'reposedm_jax.convert.torch_legacy': 0,
     # 1: building blocks: networks, diffusion maths, data, metrics, the losses/guidance built on them.
     'reposedm_jax.models': 1, 'reposedm_jax.diffusion': 1, 'reposedm_jax.data': 1, 'reposedm_jax.metrics': 1,
@@ -30,6 +30,7 @@ LAYERS = {
     # 2: weights in and out, train states, the frozen pose estimator, the sampler.
     'reposedm_jax.convert': 2, 'reposedm_jax.checkpoint': 2, 'reposedm_jax.train_state': 2,
     'reposedm_jax.pose_estimator': 2, 'reposedm_jax.sample': 2,
+    'reposedm_jax.visualize': 2,  # grids draw poses with data.pose
     # 3: the jobs, and the validator of their configs (it reads each job's vocabulary).
     'reposedm_jax.train': 3, 'reposedm_jax.pose_train': 3, 'reposedm_jax.evaluation': 3,
     'reposedm_jax.config_lib': 3,

@@ -1,0 +1,95 @@
+"""A run survives its own failures: damaged checkpoints, NaNs, a second job on its workdir."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from reposedm_jax import checkpoint, train
+from reposedm_jax.data import synthetic
+from tests.test_train import tiny_config
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('rel_data'))
+  synthetic.generate(root, seed=0, identities=10, views_per_identity=3, height=32, width=22, fmt='pidm')
+  return root
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def test_a_damaged_latest_step_is_moved_aside_and_the_previous_one_resumes(data_root, tmp_path, caplog):
+  config = tiny_config(data_root)
+  config.train.ckpt_every, config.train.num_steps = 2, 4
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == [2, 4]
+  state_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
+  victims = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs if 'manifest' in f or f.endswith('.ocdbt')]
+  victims = victims or [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs]
+  for v in victims:  # a truncated write: every data file of the step cut to nothing
+    open(v, 'wb').close()
+  config.train.num_steps = 6
+  out = train.train_and_evaluate(config, workdir)
+  assert out['step'] == 6
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints_damaged', '4'))  # moved aside, not deleted
+  assert 'does not restore' in caplog.text and 'step 4' in caplog.text
+  assert _steps(workdir)[-1] == 6
+
+
+def test_every_step_damaged_is_one_clear_error(data_root, tmp_path):
+  config = tiny_config(data_root)
+  config.train.ckpt_every, config.train.num_steps = 2, 2
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  state_dir = os.path.join(workdir, 'checkpoints', '2', 'state')
+  for r, _, fs in os.walk(state_dir):
+    for f in fs:
+      open(os.path.join(r, f), 'wb').close()
+  config.train.num_steps = 4
+  with pytest.raises(checkpoint.CheckpointError, match=r'No checkpoint .* restores: steps \[2\] are damaged'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_a_non_finite_state_is_never_saved(data_root, tmp_path):
+  config = tiny_config(data_root)
+  config.train.lr, config.train.warmup_steps, config.train.grad_clip = 1e6, 0, 0.0
+  config.train.ckpt_every, config.train.log_every, config.train.num_steps = 1, 10, 30
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError, match=r'Non-finite training state at step (\d+): not saved') as e:
+    train.train_and_evaluate(config, workdir)
+  bad_step = int(e.value.args[0].split('step ')[1].split(':')[0])
+  steps = _steps(workdir)
+  assert all(s < bad_step for s in steps)
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'data')) as mgr:
+    for s in steps:  # every kept checkpoint is finite, and the last finite one survived the error
+      state = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+      assert all(np.isfinite(x).all() for x in jax.tree.leaves(state) if np.issubdtype(np.asarray(x).dtype, np.floating))
+  if bad_step > 1:
+    assert steps and steps[-1] == bad_step - 1
+
+
+def test_a_second_training_on_one_workdir_is_refused(data_root, tmp_path):
+  workdir = str(tmp_path / 'busy')
+  os.makedirs(workdir)
+  holder = subprocess.Popen([sys.executable, '-c', (
+      'import fcntl, sys, time\n'
+      f'f = open({os.path.join(workdir, ".training.lock")!r}, "a+"); fcntl.flock(f, fcntl.LOCK_EX)\n'
+      'f.write("pid 1234 on elsewhere"); f.flush(); print("locked", flush=True); time.sleep(60)')],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    config = tiny_config(data_root)
+    with pytest.raises(checkpoint.CheckpointError, match=r'busy is in use by another training \(pid 1234'):
+      train.train_and_evaluate(config, workdir)
+  finally:
+    holder.kill()
