@@ -319,3 +319,15 @@ def test_ddpm_oracle_respaced_recovers_x0(base):
   plain = samplers.ddpm_sample(_oracle_model_fn(x0, base.alphas_cumprod), r, x_T,
                                jax.random.key(2))
   np.testing.assert_allclose(plain, got, atol=1e-6)
+
+
+
+def test_ddim_coefficients_come_from_float64_tables(base):
+  t_index, acp, acp_prev = samplers.ddim_tables(base, 50)
+  exact = np.sqrt(1.0 - _np_tables()[1][t_index])
+  f64 = np.asarray(samplers.ddim_coefficients(acp, acp_prev, 0.0)['sqrt_1m_a'], np.float32)
+  f32 = np.asarray(samplers.ddim_coefficients(jnp.asarray(acp, jnp.float32), jnp.asarray(acp_prev, jnp.float32),
+                                              0.0, xp=jnp)['sqrt_1m_a'])
+  rel = lambda a: np.abs(a / exact - 1.0)
+  assert rel(f64).max() < 1e-6  # what ddim_sample uses
+  assert rel(f32)[0] > 1e-5  # 1 - abar in float32 at t = 0 (abar = 0.9999): why it does not

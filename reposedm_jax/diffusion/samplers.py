@@ -76,8 +76,28 @@ def ddim_tables(s: Schedule, num_steps: int):
   return t_index, acp, np.append(1.0, acp[:-1])
 
 
-def _x0_from_eps(x_t, eps, acp_t):
-  return (x_t - jnp.sqrt(1.0 - acp_t) * eps) / jnp.sqrt(acp_t)
+def ddim_coefficients(acp_t, acp_prev, eta, xp=np) -> dict:
+  """The DDIM update's coefficients from abar at this and the previous step, in `xp`'s precision.
+
+  ddim_sample computes them in float64 NumPy (1 - abar in float32 loses ~1e-4 relative near t = 0, where
+  abar ~ 0.9999); ddim_step, called on traced values, in float32.
+  """
+  sigma = eta * xp.sqrt((1.0 - acp_prev) / (1.0 - acp_t)) * xp.sqrt(1.0 - acp_t / acp_prev)
+  # max(., 0): at the last step 1 - a_prev - sigma^2 is 0 and rounding must not make it < 0.
+  return {'sqrt_a': xp.sqrt(acp_t), 'sqrt_1m_a': xp.sqrt(1.0 - acp_t), 'sqrt_a_prev': xp.sqrt(acp_prev),
+          'dir': xp.sqrt(xp.maximum(1.0 - acp_prev - sigma * sigma, 0.0)), 'sigma': sigma}
+
+
+def _x0_from_eps(x_t, eps, c):
+  return (x_t - c['sqrt_1m_a'] * eps) / c['sqrt_a']
+
+
+def _ddim_update(x_t, eps, c, noise, clip_x0: bool):
+  pred_x0 = _x0_from_eps(x_t, eps, c)
+  if clip_x0:
+    pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    eps = (x_t - c['sqrt_a'] * pred_x0) / c['sqrt_1m_a']
+  return c['sqrt_a_prev'] * pred_x0 + c['dir'] * eps + c['sigma'] * noise, pred_x0
 
 
 def ddim_step(x_t: jnp.ndarray, eps: jnp.ndarray, acp_t, acp_prev, noise: jnp.ndarray,
@@ -100,33 +120,25 @@ def ddim_step(x_t: jnp.ndarray, eps: jnp.ndarray, acp_t, acp_prev, noise: jnp.nd
   Returns:
     (x_prev, pred_x0), each [B, H, W, C].
   """
-  acp_t = jnp.asarray(acp_t, jnp.float32)
-  acp_prev = jnp.asarray(acp_prev, jnp.float32)
-  pred_x0 = _x0_from_eps(x_t, eps, acp_t)
-  if clip_x0:
-    pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
-    eps = (x_t - jnp.sqrt(acp_t) * pred_x0) / jnp.sqrt(1.0 - acp_t)
-  sigma = eta * jnp.sqrt((1.0 - acp_prev) / (1.0 - acp_t)) * jnp.sqrt(1.0 - acp_t / acp_prev)
-  # max(., 0): at the last step 1 - a_prev - sigma^2 is 0 and rounding must not make it < 0.
-  dir_coef = jnp.sqrt(jnp.maximum(1.0 - acp_prev - jnp.square(sigma), 0.0))
-  x_prev = jnp.sqrt(acp_prev) * pred_x0 + dir_coef * eps + sigma * noise
-  return x_prev, pred_x0
+  c = ddim_coefficients(jnp.asarray(acp_t, jnp.float32), jnp.asarray(acp_prev, jnp.float32), eta, xp=jnp)
+  return _ddim_update(x_t, eps, c, noise, clip_x0)
 
 
 def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int,
                 eta: float = 0.0, clip_x0: bool = False, rng: Optional[jax.Array] = None,
                 eps_correction_fn: Optional[EpsCorrectionFn] = None) -> jnp.ndarray:
-  """PIDM's DDIM sampler over seq = range(0, T, T // num_steps), run from the last step down.
+  """PIDM's DDIM sampler over `num_steps` steps of `ddim_timesteps`, run from the last step down.
 
   Only the eps half of the model output is used. The result is clamped to [-1, 1]; x0 is not
-  clipped inside the loop unless clip_x0 (PIDM does not). jit-able with num_steps static.
+  clipped inside the loop unless clip_x0 (PIDM does not). jit-able with num_steps static. The step
+  coefficients come from the float64 tables (ddim_coefficients).
 
   Args:
     model_fn: see module docstring; called with s.timestep_map[t_index].
     s: schedule (base or respaced); seq indexes it.
     x_T: [B, H, W, C] starting noise.
     num_steps: number of DDIM steps (Python int).
-    eta: 0 for deterministic DDIM; > 0 needs `rng`.
+    eta: 0 for deterministic DDIM; > 0 needs `rng` (a Python number).
     clip_x0: see ddim_step.
     rng: PRNG key for eta > 0.
     eps_correction_fn: optional hook, see module docstring.
@@ -134,21 +146,19 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
   Returns:
     [B, H, W, C] sample in [-1, 1].
   """
-  stochastic = not (isinstance(eta, (int, float)) and eta == 0)
+  stochastic = eta != 0
   if stochastic and rng is None:
     raise ValueError('ddim_sample with eta != 0 needs rng')
   t_index, acp, acp_prev = ddim_tables(s, num_steps)
-  xs = (jnp.asarray(t_index[::-1], jnp.int32),
-        jnp.asarray(s.timestep_map[t_index][::-1], jnp.int32),
-        jnp.asarray(acp[::-1], jnp.float32),
-        jnp.asarray(acp_prev[::-1], jnp.float32))
+  coefs = {k: jnp.asarray(v[::-1], jnp.float32) for k, v in ddim_coefficients(acp, acp_prev, float(eta)).items()}
+  xs = (jnp.asarray(t_index[::-1], jnp.int32), jnp.asarray(s.timestep_map[t_index][::-1], jnp.int32), coefs)
   batch = x_T.shape[0]
 
   def body(x, step):
-    idx, t_model, a_t, a_prev = step
+    idx, t_model, c = step
     eps, _ = split_model_output(model_fn(x, jnp.full((batch,), t_model, jnp.int32)))
     if eps_correction_fn is not None:
-      pred_x0 = _x0_from_eps(x, eps, a_t)
+      pred_x0 = _x0_from_eps(x, eps, c)
       if clip_x0:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
       eps = eps_correction_fn(x, idx, eps, pred_x0)
@@ -156,7 +166,7 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
       noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
     else:
       noise = jnp.zeros_like(x)
-    x_prev, _ = ddim_step(x, eps, a_t, a_prev, noise, eta=eta, clip_x0=clip_x0)
+    x_prev, _ = _ddim_update(x, eps, c, noise, clip_x0)
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
