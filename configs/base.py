@@ -147,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'penalty' measured best of the three under guided sampling (by margins within one seed's noise: WORKSPACE.md).
   pif.train_mode = 'penalty'
   pif.penalty_weight = 1e-3
-  # s of eq. 15 (training, literal mode) and of eq. 16 (sampling); 0 turns guidance off keeping the code path.
+  # s of eq. 15 (training, literal mode) and of eq. 16 (sampling); sample_scale = 0 samples unguided (bit for bit).
   pif.train_scale = 1.0
   pif.sample_scale = 3.0
   # G_phi = the sum over heatmap pixels and joints as eq. 11 writes it ('sum'), or that sum / (h*w) ('area').

@@ -3,9 +3,9 @@
 - Auxiliary loss (paper Fig. 8 shows the decoded F_S^N looking like the target): L1 between the
   RPA-warped source and the target image, over rows whose condition was kept, optionally restricted to
   the target person (`rpa.aux_region='person'`: capsules around the target skeleton's limbs, where
-  the source's appearance should land) and to in-frame pixels (`rpa.aux_in_frame`: where the backward
-  warp sampled inside the source frame; elsewhere the warp can only output zeros, and asking it to
-  match the background there teaches it to pull the source outward).
+  the source's appearance should land). With `rpa.aux_in_frame` a pixel the backward warp sampled
+  outside the source frame (where it can only output zeros) costs a fixed OUT_OF_FRAME_L1 rather than
+  its error against the target, and still counts in the mean: leaving the frame is never free.
 - Phases (`rpa.pretrain_steps` K > 0): for steps < K only RPA trains, on the auxiliary loss alone (a
   cheap step without the U-Net: `pretrain_step`); the U-Net's optimizer does not see those steps at
   all (its Adam moments, step count and warm-up start at step K), so the U-Net starts leaning on the
@@ -20,6 +20,9 @@ import optax
 from reposedm_jax.data.pose import MARKET_MASK_LIMBS
 
 AUX_REGIONS = ('all', 'person')
+# L1 (per channel, images in [-1, 1]) charged for a target pixel the warp sampled outside the source frame:
+# about the error of a grey guess, so sampling out of the frame is never cheaper than a reasonable match.
+OUT_OF_FRAME_L1 = 1.0
 
 
 def person_mask(kpts_bk2: jax.Array, hw, radius: float) -> jax.Array:
@@ -52,9 +55,14 @@ def aux_loss(rcfg, warped: jax.Array, valid: jax.Array, target: jax.Array, tgt_k
     weight = weight * person_mask(tgt_kpts, target.shape[1:3], rcfg.aux_person_radius * target.shape[1])
   elif rcfg.aux_region != 'all':
     raise ValueError(f'rpa.aux_region must be one of {AUX_REGIONS}, got {rcfg.aux_region!r}')
-  if rcfg.aux_in_frame:
-    weight = weight * (valid.astype(jnp.float32) > 0.5)
   l1 = jnp.abs(warped.astype(jnp.float32) - target).mean(axis=-1, keepdims=True)
+  if rcfg.aux_in_frame:
+    # Out of frame the warp outputs zeros; those pixels cost a fixed OUT_OF_FRAME_L1 instead of their
+    # error against the target, but they stay in the denominator: dropping them from it (the first form)
+    # made "warp everything out of the frame" a zero-loss solution, and RPA found it within 100 steps of
+    # joint training (WORKSPACE.md, session 8).
+    inside = (valid.astype(jnp.float32) > 0.5).astype(jnp.float32)
+    l1 = inside * l1 + (1.0 - inside) * OUT_OF_FRAME_L1
   per_row = jnp.sum(weight * l1, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(weight, axis=(1, 2, 3)), 1.0)
   keep_f = keep.astype(jnp.float32)
   return jnp.sum(per_row * keep_f) / jnp.maximum(keep_f.sum(), 1.0)

@@ -53,7 +53,7 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   else:
     raise ValueError(f'sample.sampler must be one of {SAMPLERS}, got {scfg.sampler!r}')
   correction = None
-  if guide_vars is not None:
+  if guide_vars is not None and config.pif.sample_scale != 0:  # s = 0: no guidance, and no gradient to pay for
     correction = pif.sampling_correction(config.pif, pose_estimator.make_heat_fn(config, guide_vars),
                                          pose_estimator.reference_heads(config), s, batch['tgt_kpts'],
                                          scfg.guidance_scale)

@@ -32,9 +32,23 @@ def test_aux_loss_counts_only_the_weighted_pixels_of_kept_rows():
   target = jnp.zeros((2, 4, 4, 3))
   warped = jnp.ones((2, 4, 4, 3))
   valid = jnp.zeros((2, 4, 4, 1)).at[:, :2].set(1.0)
-  warped = warped.at[:, 2:].set(5.0)  # outside the frame: not counted
+  warped = warped.at[:, 2:].set(5.0)  # outside the frame: the fixed penalty, not |5 - 0|
   got = rpa_training.aux_loss(R, warped, valid, target, jnp.zeros((2, 18, 2)), jnp.asarray([1.0, 0.0]))
-  assert float(got) == pytest.approx(1.0)
+  # Half the pixels in frame with L1 1, half out with OUT_OF_FRAME_L1; the second row is dropped (keep 0).
+  assert float(got) == pytest.approx(0.5 * 1.0 + 0.5 * rpa_training.OUT_OF_FRAME_L1)
+
+
+def test_leaving_the_frame_is_never_free():
+  """The first form divided by the in-frame area only: a warp entirely out of the frame scored 0."""
+  class R:
+    aux_region, aux_person_radius, aux_in_frame = 'all', 0.06, True
+  target = jnp.full((1, 4, 4, 3), 0.5)
+  good = rpa_training.aux_loss(R, target + 0.1, jnp.ones((1, 4, 4, 1)), target, jnp.zeros((1, 18, 2)),
+                               jnp.ones(1))
+  gone = rpa_training.aux_loss(R, jnp.zeros_like(target), jnp.zeros((1, 4, 4, 1)), target, jnp.zeros((1, 18, 2)),
+                               jnp.ones(1))
+  assert float(good) == pytest.approx(0.1, abs=1e-6) and float(gone) == pytest.approx(rpa_training.OUT_OF_FRAME_L1)
+  assert float(gone) > float(good)
 
 
 def _b2_config(pretrain, mult):

@@ -92,8 +92,8 @@ def _x0_from_eps(x_t, eps, c):
   return (x_t - c['sqrt_1m_a'] * eps) / c['sqrt_a']
 
 
-def _ddim_update(x_t, eps, c, noise, clip_x0: bool):
-  pred_x0 = _x0_from_eps(x_t, eps, c)
+def _ddim_update(x_t, eps, c, noise, clip_x0: bool, pred_x0=None):
+  pred_x0 = _x0_from_eps(x_t, eps, c) if pred_x0 is None else pred_x0
   if clip_x0:
     pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
     eps = (x_t - c['sqrt_a'] * pred_x0) / c['sqrt_1m_a']
@@ -157,16 +157,15 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
   def body(x, step):
     idx, t_model, c = step
     eps, _ = split_model_output(model_fn(x, jnp.full((batch,), t_model, jnp.int32)))
+    pred_x0 = _x0_from_eps(x, eps, c)
     if eps_correction_fn is not None:
+      eps = eps_correction_fn(x, idx, eps, jnp.clip(pred_x0, -1.0, 1.0) if clip_x0 else pred_x0)
       pred_x0 = _x0_from_eps(x, eps, c)
-      if clip_x0:
-        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
-      eps = eps_correction_fn(x, idx, eps, pred_x0)
     if stochastic:
       noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
     else:
       noise = jnp.zeros_like(x)
-    x_prev, _ = _ddim_update(x, eps, c, noise, clip_x0)
+    x_prev, _ = _ddim_update(x, eps, c, noise, clip_x0, pred_x0)
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
