@@ -15,7 +15,7 @@ import numpy as np
 class MetricWriter:
   """Scalars and images to `workdir/tb` (TensorBoard) and scalars to `workdir/metrics.jsonl`."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, jsonl: bool = True):
     self.active = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
@@ -23,15 +23,17 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      if jsonl:
+        self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def scalars(self, step: int, values: dict) -> None:
     if not self.active:
       return
     for k, v in values.items():
       self._tb.add_scalar(k, float(v), step)
-    self._jsonl.write(json.dumps({'step': int(step), **{k: float(v) for k, v in values.items()}}) + '\n')
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({'step': int(step), **{k: float(v) for k, v in values.items()}}) + '\n')
+      self._jsonl.flush()
 
   def image(self, step: int, name: str, img_hwc_u8: np.ndarray) -> None:
     if self.active:
@@ -40,7 +42,8 @@ class MetricWriter:
   def close(self) -> None:
     if self.active:
       self._tb.close()
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
 
 
 class Progress:
@@ -86,3 +89,26 @@ def fetch_metrics(metrics: dict, step: int, what: str = 'metrics') -> dict:
   if not all(np.isfinite(v) for v in values.values()):
     raise FloatingPointError(f'Non-finite {what} at step {step}: {values}')
   return values
+
+
+def write_parameter_table(workdir: str, params) -> None:
+  """<workdir>/parameters.txt: every parameter's path, shape, dtype and size (clu's table; shapes only, so
+  nothing is copied off the devices)."""
+  if jax.process_index() != 0:
+    return
+  from clu import parameter_overview  # only here: the table is written once per run
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'parameters.txt'), 'w') as f:
+    f.write(parameter_overview.get_parameter_overview(params, include_stats=False) + '\n')
+
+
+def numeric_leaves(tree, prefix: str = '') -> dict:
+  """{'a/b/c': float} for every int/float leaf of a nested dict (bools and strings left out)."""
+  out = {}
+  for k, v in tree.items():
+    key = f'{prefix}/{k}' if prefix else str(k)
+    if isinstance(v, dict):
+      out.update(numeric_leaves(v, key))
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      out[key] = float(v)
+  return out

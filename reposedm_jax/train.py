@@ -159,6 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_step = int(state['step'])
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   logs.log_line(f'Model {config.variant}: {n_params / 1e6:.2f} M parameters; starting at step {first_step}')
+  logs.write_parameter_table(workdir, state['params'])
 
   step_fn = compile_train_step(model, sched, tx, config, mesh, state_sharding)
   pretrain_fn = (compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain=True)

@@ -164,6 +164,11 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
   assert len(pngs) == 8
   assert os.listdir(os.path.join(workdir, 'samples', 'grids'))
   assert os.path.exists(os.path.join(workdir, 'tb'))
+  events = ''.join(open(os.path.join(workdir, 'tb', f), 'rb').read().decode('latin-1')
+                   for f in os.listdir(os.path.join(workdir, 'tb')))
+  assert 'eval/ssim/generated' in events and 'loss' in events
+  table = open(os.path.join(workdir, 'parameters.txt')).read()
+  assert 'middle_block_1/proj_out2/kernel' in table and 'Total:' in table
 
 
 def test_progress_rate_leaves_out_compile_time(monkeypatch):

@@ -354,7 +354,20 @@ def run_eval(config, workdir: str, batch_size: Optional[int] = None) -> dict:
                                      sampler={'name': config.sample.sampler, 'steps': config.sample.num_steps,
                                               'guidance_scale': config.sample.guidance_scale})
   write_outputs(metrics, os.path.join(workdir, 'eval'), (config.data.dataset, *hw))
+  # TensorBoard next to the training curves (<workdir>/tb), at the step the samples came from.
+  step = _trained_step(workdir)
+  writer = logs.MetricWriter(workdir, jsonl=False)
+  writer.scalars(step, {f'eval/{k}': v for k, v in logs.numeric_leaves(metrics).items()})
+  writer.close()
   return metrics
+
+
+def _trained_step(workdir: str) -> int:
+  summary = os.path.join(workdir, 'train_summary.json')
+  if os.path.exists(summary):
+    with open(summary) as f:
+      return int(json.load(f).get('step', 0))
+  return 0
 
 
 def reference_keys(data_cfg, train) -> List[str]:
