@@ -13,6 +13,8 @@ import sys
 
 from absl import app
 
+from reposedm_jax.convert import torch_checkpoint
+
 CONVERTERS = ('pidm', 'hrnet')
 
 
@@ -22,7 +24,15 @@ def run(argv: list[str]) -> None:
              f'(got {argv[1:2] or "nothing"})')
   module = importlib.import_module(f'reposedm_jax.convert.{argv[1]}')
   module._define_flags()  # pylint: disable=protected-access
-  app.run(module._main, argv=[f'{argv[0]} {argv[1]}'] + argv[2:])  # pylint: disable=protected-access
+
+  def main(args):
+    try:
+      return module._main(args)  # pylint: disable=protected-access
+    except (torch_checkpoint.UnsafePickleError, ValueError, OSError) as e:
+      # A refused or unreadable file is the user's (or an attacker's), not a bug: one line naming it.
+      sys.exit(f'Cannot convert: {str(e).splitlines()[0] if str(e) else type(e).__name__}')
+
+  app.run(main, argv=[f'{argv[0]} {argv[1]}'] + argv[2:])
 
 
 if __name__ == '__main__':

@@ -29,6 +29,16 @@ import ml_dtypes
 import numpy as np
 
 
+# Memory budgets checked before anything is allocated (hostile files: issue 17). A tensor may not materialise
+# more than its storage holds (a stride-0 view of one element as gigabytes), beyond a small slack for
+# legitimately broadcast views; one file's storages may not exceed MAX_FILE_BYTES; a compressed entry may not
+# inflate more than MAX_INFLATE_RATIO times (torch.save stores entries uncompressed; float data compresses ~1.1x).
+MAX_FILE_BYTES = 16 << 30
+MAX_INFLATE_RATIO = 20
+VIEW_SLACK_BYTES = 1 << 20
+_MAX_DIM = 1 << 62
+
+
 class UnsafePickleError(pickle.UnpicklingError):
   """A pickle referenced a global outside the allow-list."""
 
@@ -99,10 +109,16 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
     raise UnsafePickleError(f'tensor storage of unexpected type {type(storage).__name__}')
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   offset = int(storage_offset)
-  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+  if (len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0
+      or max(size + stride + (offset,), default=0) >= _MAX_DIM):
     raise UnsafePickleError(f'bad tensor geometry size={size} stride={stride} offset={offset}')
   if 0 in size:
     return np.zeros(size, storage.dtype.newbyteorder('='))
+  stride = tuple(0 if n == 1 else st for n, st in zip(size, stride))  # a length-1 dim's stride is never used
+  nbytes = int(np.prod(size, dtype=object)) * storage.itemsize
+  if nbytes > storage.nbytes + VIEW_SLACK_BYTES:
+    raise UnsafePickleError(f'tensor of size {size} ({nbytes} bytes) would materialise more than its storage of '
+                            f'{storage.nbytes} bytes (a strided view amplifying the file)')
   # Bounds check: as_strided would otherwise read outside the storage buffer.
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= storage.size:
@@ -138,6 +154,7 @@ class _TorchUnpickler(pickle.Unpickler):
     super().__init__(file)
     self._archive, self._prefix, self._opaque = archive, prefix, opaque_unknown
     self._storages = {}
+    self._bytes = 0
     self.opaque_names = set()
     byteorder = f'{prefix}/byteorder'
     big = byteorder in archive.namelist() and archive.read(byteorder).strip() == b'big'
@@ -162,14 +179,29 @@ class _TorchUnpickler(pickle.Unpickler):
       raise UnsafePickleError(f'unsupported storage type {storage_type!r:.100}')
     key = str(key)
     if key not in self._storages:
-      raw = self._archive.read(f'{self._prefix}/data/{key}')
       dtype = storage_type.dtype
       if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(self._order)
-      arr = np.frombuffer(raw, dtype=dtype)
-      if arr.size < int(numel):
-        raise UnsafePickleError(f'storage {key} holds {arr.size} elements, expected {numel}')
-      self._storages[key] = arr
+      name = f'{self._prefix}/data/{key}'
+      try:
+        info = self._archive.getinfo(name)
+      except KeyError:
+        raise UnsafePickleError(f'storage {key} is not in the archive') from None
+      numel = int(numel)
+      want = numel * dtype.itemsize
+      if numel < 0 or want + self._bytes > MAX_FILE_BYTES:
+        raise UnsafePickleError(f'storage {key} claims {numel} elements ({want} bytes): over the '
+                                f'{MAX_FILE_BYTES >> 30} GiB budget of one checkpoint')
+      if info.file_size < want:
+        raise UnsafePickleError(f'storage {key} holds {info.file_size // dtype.itemsize} elements, expected {numel}')
+      if (info.compress_type != zipfile.ZIP_STORED and info.file_size > VIEW_SLACK_BYTES
+          and info.file_size > MAX_INFLATE_RATIO * max(info.compress_size, 1)):
+        raise UnsafePickleError(f'storage {key} inflates from {info.compress_size} to {info.file_size} bytes '
+                                f'(for {want} needed): a zip bomb?')
+      with self._archive.open(name) as f:
+        raw = f.read(want)  # never more than the tensor needs
+      self._bytes += want
+      self._storages[key] = np.frombuffer(raw, dtype=dtype)
     return self._storages[key]
 
 
@@ -208,9 +240,14 @@ def load_torch_checkpoint(path: str, *, opaque_unknown: bool = False,
     UnsafePickleError: A disallowed global (strict mode) or a malformed tensor.
     ValueError: The file is not a torch zip checkpoint.
   """
-  obj, unpickler = unpickle_archive(
-      path, lambda f, archive, prefix: _TorchUnpickler(f, archive, prefix, opaque_unknown),
-      'is not a zip-format torch checkpoint (legacy torch<1.6 format?).')
+  try:
+    obj, unpickler = unpickle_archive(
+        path, lambda f, archive, prefix: _TorchUnpickler(f, archive, prefix, opaque_unknown),
+        'is not a zip-format torch checkpoint (legacy torch<1.6 format?).')
+  except UnsafePickleError as e:
+    raise UnsafePickleError(f'{path}: {e}') from None
+  except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, MemoryError, OverflowError, RecursionError) as e:
+    raise UnsafePickleError(f'{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})') from None
   if return_opaque_names:
     return obj, sorted(unpickler.opaque_names)
   return obj

@@ -16,6 +16,7 @@ torch_checkpoint's allow-list (containers, tensor/parameter rebuild, storage dty
 else raises `UnsafePickleError` before it is imported. The header pickles may hold plain values only.
 """
 
+import os
 import pickle
 import struct
 from typing import Any
@@ -82,30 +83,59 @@ def _plain_load(f, what: str) -> Any:
     raise ValueError(f'truncated legacy torch file while reading the {what}') from e
 
 
-def _materialise(obj, storages: dict):
+def _walk(obj, leaf, memo: dict, active: set):
+  """Rebuilds the container tree of `obj` with `leaf(x)` for each _PendingTensor, visiting each container once.
+
+  A pickle can share one container many times (a few hundred bytes of tuples can hold 2^64 paths) or contain
+  itself: `memo` (by id) makes the walk linear in the number of distinct containers, `active` refuses cycles.
+  """
   if isinstance(obj, _PendingTensor):
-    ref = obj.storage
-    if ref.key not in storages:
-      raise UnsafePickleError(f'tensor refers to storage {ref.key!r}, which the file does not contain')
-    return torch_checkpoint._rebuild_tensor(storages[ref.key], obj.offset, obj.size, obj.stride)  # pylint: disable=protected-access
+    return leaf(obj)
+  if not isinstance(obj, (dict, list, tuple)):
+    return obj
+  if id(obj) in memo:
+    return memo[id(obj)]
+  if id(obj) in active:
+    raise UnsafePickleError('a container contains itself (not a state dict)')
+  active.add(id(obj))
   if isinstance(obj, dict):
     out = type(obj)()  # dict or OrderedDict (the only mappings the allow-list can build)
     for k, v in obj.items():
-      out[k] = _materialise(v, storages)
-    return out
-  if isinstance(obj, (list, tuple)):
-    items = [_materialise(v, storages) for v in obj]
-    return items if isinstance(obj, list) else tuple(items)
-  return obj
+      out[k] = _walk(v, leaf, memo, active)
+  else:
+    items = [_walk(v, leaf, memo, active) for v in obj]
+    out = items if isinstance(obj, list) else tuple(items)
+  active.discard(id(obj))
+  memo[id(obj)] = out
+  return out
+
+
+def _materialise(obj, storages: dict):
+  def leaf(t):
+    ref = t.storage
+    if ref.key not in storages:
+      raise UnsafePickleError(f'tensor refers to storage {ref.key!r}, which the file does not contain')
+    return torch_checkpoint._rebuild_tensor(storages[ref.key], t.offset, t.size, t.stride)  # pylint: disable=protected-access
+  return _walk(obj, leaf, {}, set())
 
 
 def load_legacy_torch_checkpoint(path: str) -> Any:
   """Reads a legacy-format `torch.save` file into containers of numpy arrays.
 
   Raises:
-    UnsafePickleError: A disallowed global or a malformed tensor / storage.
+    UnsafePickleError: A disallowed global or a malformed tensor / storage (the message names `path`).
     ValueError: Not a legacy torch file, or truncated.
   """
+  try:
+    return _load_legacy(path)
+  except UnsafePickleError as e:
+    raise UnsafePickleError(str(e) if str(e).startswith(path) else f'{path}: {e}') from None
+  except (RecursionError, MemoryError, OverflowError, EOFError) as e:
+    raise UnsafePickleError(f'{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})') from None
+
+
+def _load_legacy(path: str) -> Any:
+  file_size = os.path.getsize(path)
   with open(path, 'rb') as f:
     try:
       magic = _plain_load(f, 'magic number')
@@ -135,6 +165,8 @@ def load_legacy_torch_checkpoint(path: str) -> Any:
         raise UnsafePickleError(f'{path}: storage {key} is not used by any tensor')
       if numel < 0 or numel < refs[key].numel:
         raise UnsafePickleError(f'{path}: storage {key} holds {numel} elements, expected {refs[key].numel}')
+      if numel * dtype.itemsize > file_size - f.tell():  # checked before the read allocates it
+        raise ValueError(f'{path}: storage {key} claims {numel} elements, more than the file holds')
       raw = f.read(numel * dtype.itemsize)
       if len(raw) != numel * dtype.itemsize:
         raise ValueError(f'{path}: truncated inside storage {key}')
@@ -143,11 +175,7 @@ def load_legacy_torch_checkpoint(path: str) -> Any:
 
 
 def _collect_refs(obj, refs: dict) -> None:
-  if isinstance(obj, _PendingTensor):
-    refs[obj.storage.key] = obj.storage
-  elif isinstance(obj, dict):
-    for v in obj.values():
-      _collect_refs(v, refs)
-  elif isinstance(obj, (list, tuple)):
-    for v in obj:
-      _collect_refs(v, refs)
+  def leaf(t):
+    refs[t.storage.key] = t.storage
+    return t
+  _walk(obj, leaf, {}, set())
