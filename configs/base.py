@@ -134,6 +134,9 @@ def get_config() -> ml_collections.ConfigDict:
   # configs/demo.py uses 100 (measured better there); 0 here until measured at DeepFashion scale.
   rpa.pretrain_steps = 0
   rpa.lr_mult_after_pretrain = 1.0
+  # Let the diffusion loss's gradient into RPA through the aligned paths (False: RPA is trained by the
+  # auxiliary loss alone; True let it collapse to warping everything out of the frame: WORKSPACE.md).
+  rpa.unet_grad = False
 
   # ---------------------------------------------------------------- PIF (variant full = RePoseDM)
   pif = config.pif = ml_collections.ConfigDict()

@@ -99,3 +99,34 @@ def test_the_unet_optimizer_starts_at_step_k_as_if_fresh():
   u_plain, _ = tx_plain.update(grads, tx_plain.init(params), params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
                u['unet'], u_plain['unet'])
+
+
+@pytest.mark.parametrize('unet_grad', [False, True])
+def test_the_diffusion_gradient_reaches_rpa_only_with_unet_grad(unet_grad):
+  from flax import traverse_util
+  config = _b2_config(pretrain=0, mult=1.0)
+  config.rpa.unet_grad = unet_grad
+  model = factory.build_model(config)
+  params = factory.init_params(model, config, jax.random.key(0))
+  flat = traverse_util.flatten_dict(params)
+  rng = np.random.default_rng(0)
+  for k in flat:  # open the zero-initialised aligned input and output convs so gradients flow at all
+    if ('aligned_input' in k or 'out_2' in k) and k[-1] == 'kernel':
+      flat[k] = jnp.asarray(rng.normal(0, 0.5, flat[k].shape), jnp.float32)
+  params = traverse_util.unflatten_dict(flat)
+  batch = random_batch(config)
+  x = jnp.asarray(rng.normal(size=batch['tgt_img'].shape), jnp.float32)
+  t = jnp.full((x.shape[0],), 500, jnp.int32)
+
+  def diffusion_only(p):  # no auxiliary term: any RPA gradient comes through the U-Net
+    out = model.apply({'params': p}, x, t, batch['tgt_pose'], batch['src_img'], train=False)
+    return jnp.mean(jnp.square(out))
+
+  grads = jax.grad(diffusion_only)(params)
+  rpa_norm = float(optax_norm(grads['rpa']))
+  assert (rpa_norm > 0) == unet_grad, rpa_norm
+  assert float(optax_norm(grads['unet'])) > 0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))

@@ -43,6 +43,8 @@ class B2Model(nn.Module):
   unet: PIDMUNet
   rpa: RPA
   aligned_path: str = 'both'
+  # The diffusion loss's gradient reaches RPA through the aligned paths only if True (rpa.unet_grad).
+  unet_grad: bool = False
 
   def align(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array):
     """(warped [B, H, W, 3], valid [B, H, W, 1] in [0, 1], strip [N+1, B, H, W, 3])."""
@@ -56,8 +58,14 @@ class B2Model(nn.Module):
     if self.aligned_path not in aligned_lib.ALIGNED_PATHS:
       raise ValueError(f'rpa.aligned_path={self.aligned_path!r} must be one of {aligned_lib.ALIGNED_PATHS}')
     warped, valid, _ = self.align(src_img_bhwc, pose_bhwc)
-    self.sow('intermediates', 'warped', warped)
+    self.sow('intermediates', 'warped', warped)  # the auxiliary loss's view: always differentiable
     self.sow('intermediates', 'valid', valid)
+    if not self.unet_grad:
+      # RPA learns alignment from the auxiliary loss alone. With the diffusion gradient flowing in, the
+      # cheapest way to lower an early U-Net's loss is to blank its (still unhelpful) aligned input, and
+      # RPA did: it warped every pixel out of the frame within ~50 joint steps, where zero padding has
+      # no gradient to bring it back (WORKSPACE.md, session 8).
+      warped, valid = jax.lax.stop_gradient(warped), jax.lax.stop_gradient(valid)
     if self.aligned_path == 'replace':
       return {'src': self.unet.encode(warped, train)}
     keep = has_source(src_img_bhwc)

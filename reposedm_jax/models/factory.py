@@ -19,7 +19,7 @@ def build_model(config):
     return PIDMUNet.from_config(config.model)
   if config.variant in ('b2', 'full'):
     return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa),
-                   aligned_path=str(config.rpa.aligned_path))
+                   aligned_path=str(config.rpa.aligned_path), unet_grad=bool(config.rpa.unet_grad))
   raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
 
 
