@@ -119,7 +119,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
   while (step := manager.latest_step()) is not None:
     try:
       items = {'state': ocp.args.StandardRestore(abstract_state)}
-      if data_iter is not None and 'data' in (manager.item_metadata(step) or {}):
+      if data_iter is not None and 'data' in (_item_metadata(manager, step) or {}):
         items['data'] = pygrain.PyGrainCheckpointRestore(data_iter)
       restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types for a damaged step
@@ -145,6 +145,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
     raise CheckpointError(f'No checkpoint in {manager.directory} restores: steps {tried} are damaged and were '
                           f'moved to {damaged_dir(manager)}. Remove that directory to start from scratch.')
   return None
+
+
+def _item_metadata(manager: ocp.CheckpointManager, step: int):
+  """manager.item_metadata without its per-item "could not be restored" warnings (it has no handlers yet)."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return manager.item_metadata(step)
+  finally:
+    absl_logger.setLevel(level)
 
 
 def all_finite(tree) -> jax.Array:
