@@ -68,6 +68,16 @@ def aux_loss(rcfg, warped: jax.Array, valid: jax.Array, target: jax.Array, tgt_k
   return jnp.sum(per_row * keep_f) / jnp.maximum(keep_f.sum(), 1.0)
 
 
+def out_of_frame(rcfg, valid: jax.Array, tgt_kpts: jax.Array) -> jax.Array:
+  """Fraction of the auxiliary loss's region (all pixels or the target person) the warp sampled outside the
+  source frame. Near 1 means RPA's flow has collapsed (logged as `rpa_out_of_frame`; train.py warns)."""
+  weight = jnp.ones(valid.shape[:3] + (1,), jnp.float32)
+  if rcfg.aux_region == 'person':
+    weight = weight * person_mask(tgt_kpts, valid.shape[1:3], rcfg.aux_person_radius * valid.shape[1])
+  outside = (valid.astype(jnp.float32) <= 0.5).astype(jnp.float32)
+  return jnp.sum(weight * outside) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def uses_phases(config) -> bool:
   return config.variant in ('b2', 'full') and config.rpa.pretrain_steps > 0
 
@@ -111,15 +121,16 @@ def pretrain_step(state, batch, base_rng, *, model, tx, config):
   def loss_fn(params):
     warped, valid, _ = model.apply({'params': params}, batch['src_img'], batch['tgt_pose'], method=model.align)
     keep = jnp.ones(batch['src_img'].shape[:1], jnp.float32)
-    return aux_loss(config.rpa, warped, valid, batch['tgt_img'], batch['tgt_kpts'], keep)
+    return aux_loss(config.rpa, warped, valid, batch['tgt_img'], batch['tgt_kpts'], keep), valid
 
-  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  (loss, valid), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   decay = jnp.where(state['step'] < tcfg.ema_start_step, 0.0, tcfg.ema_decay)
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state['ema_params'], params)
   zero = jnp.float32(0.0)
   metrics = {'loss': config.rpa.aux_weight * loss, 'mse': zero, 'vb': zero, 'rpa_l1': loss,
+             'rpa_out_of_frame': out_of_frame(config.rpa, jax.lax.stop_gradient(valid), batch['tgt_kpts']),
              'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
              'update_norm': optax.tree.norm(updates), 'lr': jnp.float32(tcfg.lr)}
   new_state = {**state, 'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': state['step'] + 1}

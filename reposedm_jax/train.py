@@ -6,6 +6,7 @@ fold_in(seed, step), so resuming needs no RNG checkpoint and 2 + 2 steps equal 4
 
 import functools
 import json
+import logging
 import os
 import time
 
@@ -74,6 +75,8 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
       terms['rpa_l1'] = rpa_training.aux_loss(config.rpa, inter['warped'][0], inter['valid'][0], x0,
                                               batch['tgt_kpts'], keep)
       loss = loss + config.rpa.aux_weight * terms['rpa_l1']
+      terms['rpa_out_of_frame'] = rpa_training.out_of_frame(config.rpa, jax.lax.stop_gradient(inter['valid'][0]),
+                                                            batch['tgt_kpts'])
     terms.update(pif_terms)
     return loss, terms
 
@@ -86,7 +89,7 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   metrics = {'loss': loss, 'mse': terms['mse'].mean(), 'vb': terms['vb'].mean(),
              'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
              'update_norm': optax.tree.norm(updates), 'lr': train_state.learning_rate(tcfg, step)}
-  metrics.update({k: terms[k] for k in ('rpa_l1', 'pif_g', 'pif_grad_rms') if k in terms})
+  metrics.update({k: terms[k] for k in ('rpa_l1', 'rpa_out_of_frame', 'pif_g', 'pif_grad_rms') if k in terms})
   new_state = {**state, 'params': params, 'opt_state': opt_state, 'ema_params': ema, 'step': step + 1}
   return new_state, metrics
 
@@ -211,6 +214,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.scalars(step, {**last, 'steps_per_sec': rate})
         logs.log_line(progress.line(step, rate, loss=last['loss'], mse=last['mse'],
                                     data_wait_ms=last['data_wait_ms']))
+        if last.get('rpa_out_of_frame', 0.0) > 0.9:
+          logging.warning('RPA samples %.0f%% of the target person outside the source frame at step %d: its '
+                          'flow has collapsed and the U-Net gets no aligned source (WORKSPACE.md, RPA).',
+                          100 * last['rpa_out_of_frame'], step)
       if step % tcfg.ckpt_every == 0:
         checkpoint.save(manager, step, state, data_iter)
       # A last grid at the end of training, when the run samples at all (sample_every <= num_steps).

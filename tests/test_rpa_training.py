@@ -130,3 +130,10 @@ def test_the_diffusion_gradient_reaches_rpa_only_with_unet_grad(unet_grad):
 
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+
+def test_out_of_frame_fraction_counts_the_region_sampled_outside():
+  class R:
+    aux_region, aux_person_radius = 'all', 0.06
+  valid = jnp.zeros((2, 4, 4, 1)).at[0].set(1.0).at[1, :1].set(1.0)  # row 0 all in, row 1 a quarter in
+  assert float(rpa_training.out_of_frame(R, valid, jnp.zeros((2, 18, 2)))) == pytest.approx((0 + 12) / 32)
