@@ -10,17 +10,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from reposedm_jax import checkpoint, train
-from reposedm_jax.data import synthetic
-from tests.test_train import tiny_config
+from tests.test_train import data_root, tiny_config  # noqa: F401 -- data_root is a fixture
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('rel_data'))
-  synthetic.generate(root, seed=0, identities=10, views_per_identity=3, height=32, width=22, fmt='pidm')
-  return root
 
 
 def _steps(workdir):
