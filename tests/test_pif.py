@@ -237,11 +237,13 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   assert os.path.exists(os.path.join(workdir, 'samples', 'train_step_0000002.png'))
   out = sample_lib.run_sample(config, workdir)  # Restores a checkpoint that holds the estimator ('guide').
   assert len([f for f in os.listdir(out) if f.endswith('_vis.png')]) == 4  # + the training grid
-  # RPA's strips: source | F^0 .. F^N | target, N + 3 columns of 22 px plus 2-px padding (paper Fig. 8).
+  # RPA's strips: source | F^0 .. F^N | target, N + 3 columns of 22 px (upscaled f times) plus 2-px padding.
   from PIL import Image
+  from reposedm_jax import visualize
   strips = os.listdir(os.path.join(out, 'rpa_strips'))
   strip = np.asarray(Image.open(os.path.join(out, 'rpa_strips', strips[0])))
-  assert strip.shape[1] == (config.rpa.iterations + 3) * (22 + 2) + 2
+  f = visualize.upscale_factor(config.data.height)
+  assert strip.shape[1] == (config.rpa.iterations + 3) * (22 * f + 2) + 2
 
 
 # ----------------------------------------------------------------------------- the reference is the ideal output

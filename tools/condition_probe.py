@@ -10,7 +10,7 @@ moves eps by a few per cent or more; 1e-4 means the source path is dead and clas
 no-op (w_c changes nothing), whatever the sample grids suggest. The params are the workdir's latest EMA.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
@@ -22,11 +22,14 @@ from reposedm_jax.diffusion import gaussian
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (the run\'s).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (its latest EMA params) or a params dir.')
-_PAIRS = flags.DEFINE_integer('pairs', 16, 'Test pairs (one batch).')
-_TIMESTEPS = flags.DEFINE_list('timesteps', ['50', '200', '500', '800'], 'Timesteps to probe.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _define_flags():  # at run time only: importing `probe` (tests) must not define flags main.py also defines
+  config_flags.DEFINE_config_file('config', None, 'Config file (the run\'s).', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Training workdir (its latest EMA params) or a params dir.')
+  flags.DEFINE_integer('pairs', 16, 'Test pairs (one batch).')
+  flags.DEFINE_list('timesteps', ['50', '200', '500', '800'], 'Timesteps to probe.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def probe(config, workdir: str, pairs: int, timesteps) -> list[dict]:
@@ -56,11 +59,14 @@ def probe(config, workdir: str, pairs: int, timesteps) -> list[dict]:
 
 def main(argv):
   del argv
-  for r in probe(_CONFIG.value, _WORKDIR.value, _PAIRS.value, [int(t) for t in _TIMESTEPS.value]):
+  logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the table
+  f = flags.FLAGS
+  for r in probe(f.config, f.workdir, f.pairs, [int(t) for t in f.timesteps]):
     print(f"t={r['t']:4d}  |eps(source) - eps(null)| / |eps| {r['null_vs_source']:.4f}   "
           f"another person's source {r['other_vs_source']:.4f}   "
           f"|x0_hat - x0| source {r['x0_err_source']:.3f} null {r['x0_err_null']:.3f}")
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
