@@ -16,6 +16,7 @@ see convert/hrnet.py) and `pose_eval.json` (held-out PCK and mean error on the t
 import functools
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -175,7 +176,13 @@ def train_pose(config, workdir: str) -> dict:
   try:
     while step < pcfg.num_steps and not stop.stop:
       batch = sharding.global_batch(pose_batch(next(data_iter)), mesh)
+      t_call = time.perf_counter()
       state, metrics = step_fn(state, batch)
+      if step == first_step:  # its first call compiles: reported, and kept out of the steps/s rate and the ETA
+        jax.block_until_ready(metrics)
+        took = time.perf_counter() - t_call
+        progress.exclude(took)
+        logs.log_line(f'Pose train step compiled (and run once) in {took:.1f} s')
       step += 1
       if step % pcfg.log_every == 0 or step == pcfg.num_steps:
         last = logs.fetch_metrics(metrics, step, 'pose-training metrics')

@@ -80,3 +80,10 @@ def test_training_hyperparameters_are_validated(key, value, needle, tmp_path):
   config.train[key] = value
   with pytest.raises(config_lib.ConfigError, match=needle.replace('(', r'\(').replace('.', r'\.')):
     config_lib.validate(config)
+
+
+def test_runlocal_is_small_at_512():
+  full, local = deepfashion_512.get_config(), deepfashion_512.get_config('runlocal')
+  assert len(full.model.channel_mult) == 7 and full.model.model_channels == 128
+  assert local.model.model_channels == 16 and len(local.model.channel_mult) == 3
+  assert (local.data.height, local.data.width) == (512, 352) and local.train.num_steps == 2
