@@ -118,6 +118,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
   tried = []
   while (step := manager.latest_step()) is not None:
     try:
+      stored = _stored_shapes(manager, step)
+    except Exception:  # noqa: BLE001 -- unreadable metadata: a damaged step, handled below
+      stored = None
+    if stored is not None and 'params' in abstract_state:
+      wanted = _param_shapes(abstract_state)
+      diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+      if diff:  # the user's config, not a damaged file: leave the checkpoints where they are
+        raise CheckpointError(f'{manager.directory} step {step} holds another model than this config builds '
+                              f'({len(diff)} differences, e.g. {diff[0]}: stored {stored.get(diff[0])}, config '
+                              f'{wanted.get(diff[0])}); compare with the run\'s config.json or use another --workdir')
+    try:
       items = {'state': ocp.args.StandardRestore(abstract_state)}
       if data_iter is not None and 'data' in (_item_metadata(manager, step) or {}):
         items['data'] = pygrain.PyGrainCheckpointRestore(data_iter)
@@ -145,6 +156,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
     raise CheckpointError(f'No checkpoint in {manager.directory} restores: steps {tried} are damaged and were '
                           f'moved to {damaged_dir(manager)}. Remove that directory to start from scratch.')
   return None
+
+
+def _stored_shapes(manager: ocp.CheckpointManager, step: int) -> dict:
+  """{'params/unet/...': shape} of a step's 'state' item, from its metadata (raises if that is unreadable)."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.join(str(manager.directory), str(step), 'state'))
+  meta = getattr(meta, 'item_metadata', meta)
+  return _param_shapes(getattr(meta, 'tree', meta))
+
+
+def _param_shapes(state) -> dict:
+  """{'params/a/b': shape} of a state's 'params' (plain nested dicts on both sides, unlike optax's states)."""
+  return {'/'.join(('params',) + tuple(str(k.key) for k in kp)): tuple(a.shape)
+          for kp, a in jax.tree_util.tree_flatten_with_path(state['params'])[0]}
 
 
 def _item_metadata(manager: ocp.CheckpointManager, step: int):

@@ -85,3 +85,14 @@ def test_a_second_training_on_one_workdir_is_refused(data_root, tmp_path):
       train.train_and_evaluate(config, workdir)
   finally:
     holder.kill()
+
+
+def test_a_checkpoint_of_another_model_is_an_error_not_damage(data_root, tmp_path):
+  config = tiny_config(data_root)
+  config.train.ckpt_every, config.train.num_steps = 2, 2
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  config.model.model_channels, config.train.num_steps = 32, 4  # the user changed the config, not the files
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 2 holds another model than this config builds'):
+    train.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == [2] and not os.path.exists(os.path.join(workdir, 'checkpoints_damaged'))
