@@ -23,14 +23,9 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                item_names=('state', 'data'))
 
 
-_all_finite = None
-
-
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None) -> None:
   """Saves `step` (asynchronously); a state with a NaN or inf anywhere is never saved: FloatingPointError."""
-  global _all_finite
-  _all_finite = _all_finite or jax.jit(all_finite)
-  if not bool(_all_finite(state)):
+  if not bool(_all_finite_jit(state)):
     last = manager.latest_step()
     raise FloatingPointError(f'Non-finite training state at step {step}: not saved. The last finite checkpoint '
                              f'is step {last} in {manager.directory}' if last is not None else
@@ -158,12 +153,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=Non
   return None
 
 
+def _item_tree(manager: ocp.CheckpointManager, step: int, item: str = 'state'):
+  """The stored tree of shapes/dtypes of one item of `step`, read from its directory (raises if unreadable).
+
+  The manager has no handler for `item` before its first restore, so the metadata comes from the item dir."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.join(str(manager.directory), str(step), item))
+  meta = getattr(meta, 'item_metadata', meta)
+  return getattr(meta, 'tree', meta)
+
+
 def _stored_shapes(manager: ocp.CheckpointManager, step: int) -> dict:
   """{'params/unet/...': shape} of a step's 'state' item, from its metadata (raises if that is unreadable)."""
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(os.path.join(str(manager.directory), str(step), 'state'))
-  meta = getattr(meta, 'item_metadata', meta)
-  return _param_shapes(getattr(meta, 'tree', meta))
+  return _param_shapes(_item_tree(manager, step))
 
 
 def _param_shapes(state) -> dict:
@@ -189,17 +191,16 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+_all_finite_jit = jax.jit(all_finite)  # compiled on first use, once per state structure
+
+
 def restore_here(manager: ocp.CheckpointManager, step: int, item: str = 'state'):
   """One item of `step` restored onto this process's first device, whatever topology saved it.
 
   A bare StandardRestore() reuses the saved shardings, so a run trained on 2 devices (or a pod) could not
   be read by a 1-device evaluation; the target here comes from the stored shapes and dtypes.
   """
-  # The manager has no handler for `item` before its first restore, so its metadata comes from the item dir.
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(os.path.join(str(manager.directory), str(step), item))
-  meta = getattr(meta, 'item_metadata', meta)
-  meta = getattr(meta, 'tree', meta)
+  meta = _item_tree(manager, step, item)
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), meta)
   return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]

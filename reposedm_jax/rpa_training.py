@@ -47,14 +47,22 @@ def person_mask(kpts_bk2: jax.Array, hw, radius: float) -> jax.Array:
   return inside[..., None].astype(jnp.float32)
 
 
+def region_weight(rcfg, tgt_kpts: jax.Array, bhw) -> jax.Array:
+  """[B, H, W, 1] where the auxiliary loss counts: every pixel, or the target person (`rpa.aux_region`).
+
+  The loss and `out_of_frame` build it from the same inputs inside one jitted step, where XLA computes it once."""
+  b, h, w = bhw
+  if rcfg.aux_region == 'all':
+    return jnp.ones((b, h, w, 1), jnp.float32)
+  if rcfg.aux_region == 'person':
+    return person_mask(tgt_kpts, (h, w), rcfg.aux_person_radius * h)
+  raise ValueError(f'rpa.aux_region must be one of {AUX_REGIONS}, got {rcfg.aux_region!r}')
+
+
 def aux_loss(rcfg, warped: jax.Array, valid: jax.Array, target: jax.Array, tgt_kpts: jax.Array,
              keep: jax.Array) -> jax.Array:
   """Scalar masked L1(warped, target) over kept rows (module docstring); images [B, H, W, 3]."""
-  weight = jnp.ones(target.shape[:3] + (1,), jnp.float32)
-  if rcfg.aux_region == 'person':
-    weight = weight * person_mask(tgt_kpts, target.shape[1:3], rcfg.aux_person_radius * target.shape[1])
-  elif rcfg.aux_region != 'all':
-    raise ValueError(f'rpa.aux_region must be one of {AUX_REGIONS}, got {rcfg.aux_region!r}')
+  weight = region_weight(rcfg, tgt_kpts, target.shape[:3])
   l1 = jnp.abs(warped.astype(jnp.float32) - target).mean(axis=-1, keepdims=True)
   if rcfg.aux_in_frame:
     # Out of frame the warp outputs zeros; those pixels cost a fixed OUT_OF_FRAME_L1 instead of their
@@ -71,9 +79,7 @@ def aux_loss(rcfg, warped: jax.Array, valid: jax.Array, target: jax.Array, tgt_k
 def out_of_frame(rcfg, valid: jax.Array, tgt_kpts: jax.Array) -> jax.Array:
   """Fraction of the auxiliary loss's region (all pixels or the target person) the warp sampled outside the
   source frame. Near 1 means RPA's flow has collapsed (logged as `rpa_out_of_frame`; train.py warns)."""
-  weight = jnp.ones(valid.shape[:3] + (1,), jnp.float32)
-  if rcfg.aux_region == 'person':
-    weight = weight * person_mask(tgt_kpts, valid.shape[1:3], rcfg.aux_person_radius * valid.shape[1])
+  weight = region_weight(rcfg, tgt_kpts, valid.shape[:3])
   outside = (valid.astype(jnp.float32) <= 0.5).astype(jnp.float32)
   return jnp.sum(weight * outside) / jnp.maximum(jnp.sum(weight), 1.0)
 
