@@ -137,6 +137,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Let the diffusion loss's gradient into RPA through the aligned paths (False: RPA is trained by the
   # auxiliary loss alone; True let it collapse to warping everything out of the frame: WORKSPACE.md).
   rpa.unet_grad = False
+  # Where RPA starts (models/keypoint_flow.py): 'none' = the identity flow (the paper), 'keypoints' = the
+  # source pre-warped along the limbs from the source to the target keypoints and masked to the target
+  # person, which RPA then refines. Blending width and background distance are fractions of the height.
+  rpa.init_flow = 'none'
+  rpa.init_flow_sigma = 0.016
+  rpa.init_flow_background = 0.1
 
   # ---------------------------------------------------------------- PIF (variant full = RePoseDM)
   pif = config.pif = ml_collections.ConfigDict()

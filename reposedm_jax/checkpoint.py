@@ -103,24 +103,35 @@ def damaged_dir(manager: ocp.CheckpointManager) -> str:
   return str(manager.directory) + '_damaged'
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=None):
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter=None, weights_only: bool = False):
   """Restores the newest step that restores into the shapes/shardings of `abstract_state`; None if none exists.
 
   A step that fails to restore (a truncated or deleted file, a step cut off mid-write) is moved aside to
   `damaged_dir` with one warning, and the next older step is tried: a requeued job resumes from the newest
   good step instead of failing forever. If every step is damaged, CheckpointError (nothing is deleted).
+  A readable step whose tree differs from `abstract_state` (another model, or another optimizer: e.g. a
+  changed rpa.pretrain_steps) is the config's doing: CheckpointError, and the step stays where it is.
+  `weights_only` (sampling): only the params must match; the rest of the stored state (the optimizer,
+  whatever config built it) is restored as stored, replicated like the first leaf of `abstract_state`.
   """
   tried = []
   while (step := manager.latest_step()) is not None:
     try:
-      stored = _stored_shapes(manager, step)
+      stored_tree = _item_tree(manager, step)
+      if 'params' not in stored_tree:  # truncated metadata reads as an empty tree
+        raise ValueError(f'step {step} stores no params')
+      stored = _tree_shapes(stored_tree)
     except Exception:  # noqa: BLE001 -- unreadable metadata: a damaged step, handled below
-      stored = None
+      stored_tree = stored = None
     if stored is not None and 'params' in abstract_state:
-      wanted = _param_shapes(abstract_state)
+      if weights_only:
+        abstract_state = _stored_abstract(stored_tree, abstract_state)
+      wanted = _tree_shapes(abstract_state)
       diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
       if diff:  # the user's config, not a damaged file: leave the checkpoints where they are
-        raise CheckpointError(f'{manager.directory} step {step} holds another model than this config builds '
+        what = 'another model' if any(k.startswith(('params/', 'ema_params/')) for k in diff) else \
+            'another optimizer state (train / rpa.pretrain_steps / rpa.lr_mult_after_pretrain settings)'
+        raise CheckpointError(f'{manager.directory} step {step} holds {what} than this config builds '
                               f'({len(diff)} differences, e.g. {diff[0]}: stored {stored.get(diff[0])}, config '
                               f'{wanted.get(diff[0])}); compare with the run\'s config.json or use another --workdir')
     try:
@@ -163,15 +174,30 @@ def _item_tree(manager: ocp.CheckpointManager, step: int, item: str = 'state'):
   return getattr(meta, 'tree', meta)
 
 
-def _stored_shapes(manager: ocp.CheckpointManager, step: int) -> dict:
-  """{'params/unet/...': shape} of a step's 'state' item, from its metadata (raises if that is unreadable)."""
-  return _param_shapes(_item_tree(manager, step))
+def _key_name(k) -> str:
+  """One path entry as orbax stores it: dict keys, NamedTuple fields and sequence indices all become names."""
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
 
 
-def _param_shapes(state) -> dict:
-  """{'params/a/b': shape} of a state's 'params' (plain nested dicts on both sides, unlike optax's states)."""
-  return {'/'.join(('params',) + tuple(str(k.key) for k in kp)): tuple(a.shape)
-          for kp, a in jax.tree_util.tree_flatten_with_path(state['params'])[0]}
+def _tree_shapes(tree) -> dict:
+  """{'opt_state/inner_states/rpa/...': shape} of every array leaf, the same for a stored tree (nested dicts and
+  lists) and a live or abstract one (optax NamedTuples)."""
+  return {'/'.join(_key_name(k) for k in kp): tuple(a.shape)
+          for kp, a in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(a, 'shape')}
+
+
+def _stored_abstract(stored_tree, abstract_state):
+  """The stored tree as restore targets, with `abstract_state`'s own entries for 'params' and 'ema_params'."""
+  sharding = jax.tree.leaves(abstract_state)[0].sharding
+  out = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), stored_tree,
+                     is_leaf=lambda x: hasattr(x, 'shape'))
+  for key in ('params', 'ema_params'):
+    if key in abstract_state and key in out:
+      out[key] = abstract_state[key]
+  return out
 
 
 def _item_metadata(manager: ocp.CheckpointManager, step: int):

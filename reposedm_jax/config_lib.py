@@ -15,7 +15,7 @@ from reposedm_jax.data import dataset, deepfashion, errors
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.metrics import lpips, pose_accuracy, ssim
-from reposedm_jax.models import aligned, factory, hrnet, layers, unet
+from reposedm_jax.models import aligned, b2, factory, hrnet, layers, unet
 
 # config.mode: the job main.py runs.
 MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose')
@@ -55,6 +55,9 @@ def validate(config) -> None:
          f'rpa.aligned_path={r.aligned_path!r} must be one of {aligned.ALIGNED_PATHS}', p)
   _check(r.aux_region in rpa_training.AUX_REGIONS,
          f'rpa.aux_region={r.aux_region!r} must be one of {rpa_training.AUX_REGIONS}', p)
+  _check(r.init_flow in b2.INIT_FLOWS, f'rpa.init_flow={r.init_flow!r} must be one of {b2.INIT_FLOWS}', p)
+  _check(r.init_flow_sigma > 0 and r.init_flow_background > 0,
+         f'rpa.init_flow_sigma={r.init_flow_sigma} and rpa.init_flow_background={r.init_flow_background} must be > 0', p)
   _check(r.pretrain_steps >= 0, f'rpa.pretrain_steps={r.pretrain_steps} must be >= 0', p)
   _check(r.lr_mult_after_pretrain >= 0, f'rpa.lr_mult_after_pretrain={r.lr_mult_after_pretrain} must be >= 0', p)
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)

@@ -125,7 +125,8 @@ def pretrain_step(state, batch, base_rng, *, model, tx, config):
   tcfg = config.train
 
   def loss_fn(params):
-    warped, valid, _ = model.apply({'params': params}, batch['src_img'], batch['tgt_pose'], method=model.align)
+    warped, valid, _ = model.apply({'params': params}, batch['src_img'], batch['tgt_pose'],
+                                   (batch['src_kpts'], batch['tgt_kpts']), method=model.align)
     keep = jnp.ones(batch['src_img'].shape[:1], jnp.float32)
     return aux_loss(config.rpa, warped, valid, batch['tgt_img'], batch['tgt_kpts'], keep), valid
 

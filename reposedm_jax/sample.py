@@ -32,10 +32,12 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   """
   scfg = config.sample
   src, pose = batch['src_img'], batch['tgt_pose']
+  kpts = (batch['src_kpts'], batch['tgt_kpts'])  # B2's keypoint pre-warp (rpa.init_flow); B1 ignores them
   variables = {'params': params}
   # The encoder runs once per sample, not once per step; the null condition is a zero image.
-  feats_c = model.apply(variables, src, pose, train=False, method=model.encode_condition)
-  feats_u = model.apply(variables, jnp.zeros_like(src), pose, train=False, method=model.encode_condition)
+  feats_c = model.apply(variables, src, pose, train=False, kpts=kpts, method=model.encode_condition)
+  feats_u = model.apply(variables, jnp.zeros_like(src), pose, train=False, kpts=kpts,
+                        method=model.encode_condition)
   feats = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), feats_c, feats_u)  # a list (B1) or dict (B2)
   pose2 = jnp.concatenate([pose, pose])
 
@@ -74,7 +76,7 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
   fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps),
                in_shardings=(repl, sharding.batch_sharding(mesh), repl, repl),
                out_shardings=sharding.batch_sharding(mesh))
-  keys = ('src_img', 'tgt_pose') + (('tgt_kpts',) if guide_vars is not None else ())
+  keys = ('src_img', 'tgt_pose', 'src_kpts', 'tgt_kpts')
 
   def run(params, host_batch, rng, guide=None):
     batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
@@ -92,7 +94,8 @@ def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, abstract)
+  # Sampling needs the weights only: a config that differs in optimizer settings still samples the run.
+  state = checkpoint.restore_latest(manager, abstract, weights_only=True)
   manager.close()
   if state is not None:
     return model, state['ema_params' if config.sample.use_ema else 'params'], int(state['step'])
@@ -121,7 +124,7 @@ def run_sample(config, workdir: str) -> str:
                 f'{pif_note}, from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
   strip_fn = None
   if hasattr(model, 'alignment_strip') and scfg.rpa_strips:
-    strip_fn = jax.jit(lambda p, s, q: model.apply({'params': p}, s, q, method=model.alignment_strip))
+    strip_fn = jax.jit(lambda p, s, q, k: model.apply({'params': p}, s, q, k, method=model.alignment_strip))
   manifest, align_err = [], []
   rng = jax.random.key(scfg.seed)
   total = -(-n // per_process // jax.process_count())
@@ -140,7 +143,8 @@ def run_sample(config, workdir: str) -> str:
       visualize.save_png(os.path.join(out_dir, 'grids', f'grid_p{jax.process_index()}_{b:05d}.png'), grid)
     if strip_fn is not None:  # RPA's warped source after each update (paper Fig. 8).
       valid = batch['valid']
-      strip = np.asarray(strip_fn(params, batch['src_img'][valid], batch['tgt_pose'][valid]))
+      strip = np.asarray(strip_fn(params, batch['src_img'][valid], batch['tgt_pose'][valid],
+                                    (batch['src_kpts'][valid], batch['tgt_kpts'][valid])))
       # Warped-source reconstruction error per update n (and n = -1: the unwarped source) vs the target.
       tgt = batch['tgt_img'][valid]
       align_err.append(np.concatenate([[np.abs(batch['src_img'][valid] - tgt).mean(axis=(1, 2, 3))],

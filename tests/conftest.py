@@ -22,6 +22,7 @@ def random_batch(config, seed=0):
   return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
           'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
           'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
+          'src_kpts': rng.uniform(0, w, (b, 18, 2)).astype(np.float32),
           'tgt_kpts': rng.uniform(0, w, (b, 18, 2)).astype(np.float32)}
 
 

@@ -96,3 +96,23 @@ def test_a_checkpoint_of_another_model_is_an_error_not_damage(data_root, tmp_pat
   with pytest.raises(checkpoint.CheckpointError, match=r'step 2 holds another model than this config builds'):
     train.train_and_evaluate(config, workdir)
   assert _steps(workdir) == [2] and not os.path.exists(os.path.join(workdir, 'checkpoints_damaged'))
+
+
+def test_another_optimizer_config_is_an_error_for_training_but_samples(data_root, tmp_path):
+  """A changed rpa.pretrain_steps changes the optimizer's tree, not the model: resuming training with it is the
+  config's mistake (one error, nothing moved); sampling reads the weights whatever optimizer built them."""
+  from reposedm_jax import sample, sharding
+  config = tiny_config(data_root)
+  config.variant = 'b2'
+  config.rpa.dim, config.rpa.ds, config.rpa.heads, config.rpa.windows, config.rpa.iterations = 16, 4, 2, (3,), 1
+  config.rpa.init_flow = 'keypoints'
+  config.rpa.pretrain_steps, config.train.ckpt_every, config.train.num_steps = 1, 2, 2
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  config.rpa.pretrain_steps, config.train.num_steps = 0, 4
+  with pytest.raises(checkpoint.CheckpointError, match=r'step 2 holds another optimizer state .* than this config builds'):
+    train.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == [2] and not os.path.exists(os.path.join(workdir, 'checkpoints_damaged'))
+  _, params, step = sample.load_sampling_params(config, workdir, sharding.make_mesh(config.mesh))
+  assert step == 2 and set(params) == {'unet', 'rpa'}
+  assert _steps(workdir) == [2]

@@ -41,14 +41,17 @@ def probe(config, workdir: str, pairs: int, timesteps) -> list[dict]:
   b = next(pipeline.iterate_eval(config.data, split, pairs))
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
   x0, pose, src = (jnp.asarray(b[k]) for k in ('tgt_img', 'tgt_pose', 'src_img'))
-  other = jnp.roll(src, 1, axis=0)  # each row gets the next pair's source
-  apply = jax.jit(lambda x, t, s: model.apply({'params': params}, x, t, pose, s, train=False)[..., :3])
+  other = jnp.roll(src, 1, axis=0)  # each row gets the next pair's source (and its keypoints)
+  kp_s, kp_t = jnp.asarray(b['src_kpts']), jnp.asarray(b['tgt_kpts'])
+  apply = jax.jit(lambda x, t, s, ks: model.apply({'params': params}, x, t, pose, s, train=False,
+                                                  kpts=(ks, kp_t))[..., :3])
   rng = np.random.default_rng(0)
   rows = []
   for t in timesteps:
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
     xt = gaussian.q_sample(sched, x0, tt, jnp.asarray(rng.normal(size=x0.shape), jnp.float32))
-    e_c, e_u, e_o = apply(xt, tt, src), apply(xt, tt, jnp.zeros_like(src)), apply(xt, tt, other)
+    e_c, e_u, e_o = (apply(xt, tt, src, kp_s), apply(xt, tt, jnp.zeros_like(src), kp_s),
+                         apply(xt, tt, other, jnp.roll(kp_s, 1, axis=0)))
     x0_of = lambda e: gaussian.predict_x0_from_eps(sched, xt, tt, e)  # noqa: E731
     rel = lambda a: float(jnp.linalg.norm(e_c - a) / jnp.maximum(jnp.linalg.norm(e_c), 1e-12))  # noqa: E731
     rows.append({'t': int(t), 'null_vs_source': rel(e_u), 'other_vs_source': rel(e_o),

@@ -14,6 +14,10 @@ exactly, so `--config.init_from` a B1 or PIDM checkpoint starts B2 at B1.
 The CFG null condition is PIDM's all-zero source image; `keep` = "the source is not all zero" switches
 the aligned paths off with it (sampling encodes the null branch from zeros, training zeroes the dropped
 rows' sources), so the null branch is B1's null branch.
+
+`init_flow='keypoints'` (rpa.init_flow) pre-warps the source along the limbs from the source to the target
+keypoints (models/keypoint_flow.py) and masks it to the target person before RPA refines it; every entry
+point then takes `kpts=(src_kpts, tgt_kpts)`, [B, 18, 2] each in pixels of the images.
 """
 
 from typing import Any
@@ -23,9 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from reposedm_jax.models import aligned as aligned_lib
-from reposedm_jax.models import warp
+from reposedm_jax.models import keypoint_flow, warp
 from reposedm_jax.models.rpa import RPA, image_flow
 from reposedm_jax.models.unet import PIDMUNet
+
+INIT_FLOWS = ('none', 'keypoints')
 
 
 def has_source(src_img_bhwc: jax.Array) -> jax.Array:
@@ -45,19 +51,34 @@ class B2Model(nn.Module):
   aligned_path: str = 'both'
   # The diffusion loss's gradient reaches RPA through the aligned paths only if True (rpa.unet_grad).
   unet_grad: bool = False
+  init_flow: str = 'none'
+  init_flow_sigma: float = 0.016  # the limbs' blending width, a fraction of the image height
+  init_flow_background: float = 0.1  # where the identity (background) map takes over, a fraction of the height
 
-  def align(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array):
+  def align(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, kpts=None):
     """(warped [B, H, W, 3], valid [B, H, W, 1] in [0, 1], strip [N+1, B, H, W, 3])."""
-    warped, flow, strip = self.rpa(src_img_bhwc, pose_bhwc)
     h, w = src_img_bhwc.shape[1:3]
+    mask = jnp.ones(src_img_bhwc.shape[:3] + (1,), src_img_bhwc.dtype)
+    if self.init_flow == 'keypoints':
+      if kpts is None:
+        raise ValueError('rpa.init_flow=keypoints needs kpts=(src_kpts, tgt_kpts)')
+      flow0, person = keypoint_flow.limb_flow(kpts[0], kpts[1], (h, w), self.init_flow_sigma * h,
+                                              self.init_flow_background * h)
+      # Away from the target's limbs the pre-warp keeps the source's own pixels, which show the source
+      # person where the target has background: masked, so RPA and the U-Net see only the limbs' share.
+      mask = warp.warp(mask, flow0) * person.astype(mask.dtype)
+      src_img_bhwc = warp.warp(src_img_bhwc, flow0) * mask
+    elif self.init_flow != 'none':
+      raise ValueError(f'rpa.init_flow={self.init_flow!r} must be one of {INIT_FLOWS}')
+    warped, flow, strip = self.rpa(src_img_bhwc, pose_bhwc)
     # The backward warp samples outside the frame where the target has no source pixel: zero there.
-    valid = warp.warp(jnp.ones(src_img_bhwc.shape[:3] + (1,), warped.dtype), image_flow(flow, h, w))
+    valid = warp.warp(mask, image_flow(flow, h, w))
     return warped, valid, strip
 
-  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool) -> dict:
+  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool, kpts=None) -> dict:
     if self.aligned_path not in aligned_lib.ALIGNED_PATHS:
       raise ValueError(f'rpa.aligned_path={self.aligned_path!r} must be one of {aligned_lib.ALIGNED_PATHS}')
-    warped, valid, _ = self.align(src_img_bhwc, pose_bhwc)
+    warped, valid, _ = self.align(src_img_bhwc, pose_bhwc, kpts)
     self.sow('intermediates', 'warped', warped)  # the auxiliary loss's view: always differentiable
     self.sow('intermediates', 'valid', valid)
     if not self.unet_grad:
@@ -79,9 +100,10 @@ class B2Model(nn.Module):
   def denoise(self, x_t_bhwc, t_b, pose_bhwc, cond: dict, train: bool) -> jax.Array:
     return self.unet.denoise(x_t_bhwc, t_b, pose_bhwc, cond['src'], train, aligned=cond.get('aligned'))
 
-  def alignment_strip(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array) -> jax.Array:
-    """[N+1, B, H, W, 3]: the source warped by F^0 .. F^N."""
-    return self.align(src_img_bhwc, pose_bhwc)[2]
+  def alignment_strip(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, kpts=None) -> jax.Array:
+    """[N+1, B, H, W, 3]: the source warped by F^0 .. F^N (after the keypoint pre-warp, if any)."""
+    return self.align(src_img_bhwc, pose_bhwc, kpts)[2]
 
-  def __call__(self, x_t_bhwc, t_b, pose_bhwc, src_img_bhwc, train: bool) -> jax.Array:
-    return self.denoise(x_t_bhwc, t_b, pose_bhwc, self.encode_condition(src_img_bhwc, pose_bhwc, train), train)
+  def __call__(self, x_t_bhwc, t_b, pose_bhwc, src_img_bhwc, train: bool, kpts=None) -> jax.Array:
+    cond = self.encode_condition(src_img_bhwc, pose_bhwc, train, kpts)
+    return self.denoise(x_t_bhwc, t_b, pose_bhwc, cond, train)

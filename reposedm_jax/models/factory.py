@@ -19,7 +19,9 @@ def build_model(config):
     return PIDMUNet.from_config(config.model)
   if config.variant in ('b2', 'full'):
     return B2Model(unet=PIDMUNet.from_config(config.model), rpa=RPA.from_config(config.rpa),
-                   aligned_path=str(config.rpa.aligned_path), unet_grad=bool(config.rpa.unet_grad))
+                   aligned_path=str(config.rpa.aligned_path), unet_grad=bool(config.rpa.unet_grad),
+                   init_flow=str(config.rpa.init_flow), init_flow_sigma=float(config.rpa.init_flow_sigma),
+                   init_flow_background=float(config.rpa.init_flow_background))
   raise ValueError(f'config.variant={config.variant!r}: this build provides {VARIANTS}')
 
 
@@ -30,5 +32,11 @@ def dummy_inputs(config, batch: int = 1):
           jnp.zeros((batch, h, w, m.pose_channels)), jnp.zeros((batch, h, w, m.image_channels)))
 
 
+def dummy_kpts(batch: int = 1):
+  """(src_kpts, tgt_kpts), every joint missing: B2's keypoint pre-warp is then the identity."""
+  missing = jnp.full((batch, 18, 2), -1.0)
+  return missing, missing
+
+
 def init_params(model, config, rng):
-  return model.init({'params': rng}, *dummy_inputs(config), train=False)['params']
+  return model.init({'params': rng}, *dummy_inputs(config), train=False, kpts=dummy_kpts())['params']

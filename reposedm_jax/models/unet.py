@@ -153,9 +153,10 @@ class PIDMUNet(nn.Module):
     """
     return self.encoder(_pad_to_multiple(src_img_bhwc, self.size_multiple), train)
 
-  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool) -> list[jax.Array]:
-    """The common model interface (B2 warps the source by the pose first); B1 ignores the pose."""
-    del pose_bhwc
+  def encode_condition(self, src_img_bhwc: jax.Array, pose_bhwc: jax.Array, train: bool,
+                       kpts=None) -> list[jax.Array]:
+    """The common model interface (B2 warps the source by the pose first); B1 ignores the pose and keypoints."""
+    del pose_bhwc, kpts
     return self.encode(src_img_bhwc, train)
 
   @nn.compact
@@ -248,6 +249,7 @@ class PIDMUNet(nn.Module):
     return out[:, :height, :width].astype(jnp.float32)
 
   def __call__(self, x_t_bhwc: jax.Array, t_b: jax.Array, pose_bhwc: jax.Array,
-               src_img_bhwc: jax.Array, train: bool) -> jax.Array:
-    """denoise(x_t, t, pose, encode(src_img)); see `denoise` for shapes."""
+               src_img_bhwc: jax.Array, train: bool, kpts=None) -> jax.Array:
+    """denoise(x_t, t, pose, encode(src_img)); see `denoise` for shapes. `kpts` (B2's) is ignored."""
+    del kpts
     return self.denoise(x_t_bhwc, t_b, pose_bhwc, self.encode(src_img_bhwc, train), train)
