@@ -33,6 +33,9 @@ def get_config(arg=None):
   # 100 RPA-only steps before the U-Net trains: on this data +0.063 SSIM / -0.024 LPIPS over end-to-end
   # training from step 0 (WORKSPACE.md, issue-13 measurements).
   r.pretrain_steps = 100
+  # RPA refines a keypoint pre-warp instead of starting from the identity (models/keypoint_flow.py): from
+  # scratch at 1100 steps SSIM 0.384 / LPIPS 0.213 against 0.293 / 0.307 (WORKSPACE.md, session 9).
+  r.init_flow = 'keypoints'
 
   t = config.train
   t.batch_size = 8

@@ -3,9 +3,10 @@
 # skips what exists (training always reruns: it resumes from its checkpoint and returns at once when done).
 #
 # Usage: tools/method_study.sh [BASE] [FT] [PART]   (defaults 800 400 all)
-#   PART: base | a | b | c | modes | blur | all. After `base`, `a` (B1 control, B2-input, the PIF sweep) and
+#   PART: base | a | b | c | modes | blur | kp | all. After `base`, `a` (B1 control, B2-input, the PIF sweep) and
 #   `b` (B2-tokens, then `modes` and `c`) touch disjoint workdirs, so two processes can run them side by side.
 #   c: the RPA switches; aux: the auxiliary loss on all pixels; modes: the PIF training modes (sampled at S_MODE, gradient blur B_MODE);
+#   kp: B2 with the keypoint pre-warp against B1, both from scratch, and PIF on it (part_kp);
 #   blur: the low-passed-gradient sweep (PIF_BLUR_SWEEP="s:t_max:blur ...", blur in pixels at 64x44).
 #   1. B1 trained from scratch for BASE steps (seed 0, demo data).
 #   2. Each variant starts from that B1 (--config.init_from=<B1 workdir>: its EMA; b2 / full start at B1's
@@ -61,7 +62,7 @@ run() {  # name, config arg, extra overrides...
   sample_eval $OUT/$name $cfg "$@"
 }
 FROM_B1="--config.init_from=$OUT/b1"
-test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
+test "$PART" = kp || test -f $OUT/b1/eval/metrics.json || run b1 variant=b1 --config.train.num_steps=$BASE || exit 1
 frac() { awk "BEGIN { print $1 / 64 }"; }  # blur in pixels of the 64x44 images -> pif.grad_blur (x height)
 S_MODE=${S_MODE:-1}  # the guidance scale and gradient blur the training modes are sampled (literal: trained) with
 B_MODE=${B_MODE:-0}  # pixels
@@ -113,7 +114,21 @@ part_aux() {  # the auxiliary L1 on all pixels, not only the target person where
   run b2_input_pre_auxall variant=b2 $FROM_B1 --config.rpa.aligned_path=input --config.rpa.pretrain_steps=$P \
     --config.rpa.aux_region=all --config.rpa.aux_in_frame=False --config.train.num_steps=$((FT+P))
 }
+part_kp() {  # session 9: B2 with RPA started from the keypoint pre-warp (rpa.init_flow=keypoints), trained
+  # from scratch with the demo recipe (1100 steps, the first 100 RPA-only), PIF at sampling on its weights
+  # (KP_PIF="s:blur_px ..."), and B1 from scratch with the same recipe.
+  local sb s b name
+  run b2_kp variant=b2 --config.rpa.init_flow=keypoints || return 1
+  for sb in ${KP_PIF:-3:2 1:2}; do
+    s=${sb%:*} b=${sb#*:} name=pif_kp_s${s}_b$b
+    sample_eval $OUT/$name variant=full --config.init_from=$OUT/b2_kp $GUIDE --config.rpa.init_flow=keypoints \
+      --config.pif.sample_scale=$s --config.pif.grad_blur=$(frac $b) && guide_judged $name
+  done
+  guide_judged b2_kp
+  run b1_scratch variant=b1
+}
 case $PART in
+  kp) part_kp ;;
   base) ;;
   a) part_a ;;
   b) part_b ;;
@@ -122,5 +137,5 @@ case $PART in
   modes) part_modes ;;
   blur) part_pif ${PIF_BLUR_SWEEP:-1:999:2 0.3:999:2 3:999:2} ;;
   all) part_a; part_b ;;
-  *) echo "PART must be base, a, b, c, aux, modes, blur or all, not $PART" >&2; exit 2 ;;
+  *) echo "PART must be base, a, b, c, aux, modes, blur, kp or all, not $PART" >&2; exit 2 ;;
 esac
