@@ -22,6 +22,7 @@ def _config(variant, path='both'):
   config.rpa.dim, config.rpa.ds, config.rpa.heads, config.rpa.windows = 16, 4, 2, (3,)
   config.rpa.radius, config.rpa.iterations = 1, 1
   config.rpa.aligned_path = path
+  config.rpa.init_flow = 'none'  # the paper's identity start (tests/test_keypoint_flow.py: the pre-warp)
   return config
 
 
@@ -39,8 +40,9 @@ def _outputs(variant_config, params, batch, t):
   model = factory.build_model(variant_config)
   src = jnp.asarray(batch['src_img'])
   src = src.at[1].set(0.0)  # row 1 is the CFG null condition
+  kpts = (jnp.asarray(batch['src_kpts']), jnp.asarray(batch['tgt_kpts']))  # read by the pre-warp only
   return model.apply({'params': params}, jnp.asarray(batch['tgt_img']), t, jnp.asarray(batch['tgt_pose']), src,
-                     train=False)
+                     train=False, kpts=kpts)
 
 
 @pytest.mark.parametrize('variant,path', [('b2', 'input'), ('b2', 'tokens'), ('full', 'both')])

@@ -86,8 +86,9 @@ def test_b2_model_forward_and_aux_output():
   assert set(params) == {'unet', 'rpa'}
   src, pose = inputs(h=32, w=24)
   x_t = jnp.zeros_like(src)
+  assert config.rpa.init_flow == 'keypoints'  # the demo's B2: the pre-warp needs both poses' keypoints
   out, inter = model.apply({'params': params}, x_t, jnp.zeros((2,), jnp.int32), pose, src, train=False,
-                           mutable=['intermediates'])
+                           kpts=factory.dummy_kpts(2), mutable=['intermediates'])
   assert out.shape == (2, 32, 24, 6)
   assert inter['intermediates']['warped'][0].shape == (2, 32, 24, 3)
 

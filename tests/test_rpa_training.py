@@ -119,7 +119,8 @@ def test_the_diffusion_gradient_reaches_rpa_only_with_unet_grad(unet_grad):
   t = jnp.full((x.shape[0],), 500, jnp.int32)
 
   def diffusion_only(p):  # no auxiliary term: any RPA gradient comes through the U-Net
-    out = model.apply({'params': p}, x, t, batch['tgt_pose'], batch['src_img'], train=False)
+    out = model.apply({'params': p}, x, t, batch['tgt_pose'], batch['src_img'], train=False,
+                      kpts=(batch['src_kpts'], batch['tgt_kpts']))
     return jnp.mean(jnp.square(out))
 
   grads = jax.grad(diffusion_only)(params)
