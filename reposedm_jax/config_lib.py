@@ -57,7 +57,8 @@ def validate(config) -> None:
          f'rpa.aux_region={r.aux_region!r} must be one of {rpa_training.AUX_REGIONS}', p)
   _check(r.init_flow in b2.INIT_FLOWS, f'rpa.init_flow={r.init_flow!r} must be one of {b2.INIT_FLOWS}', p)
   _check(r.init_flow_sigma > 0 and r.init_flow_background > 0,
-         f'rpa.init_flow_sigma={r.init_flow_sigma} and rpa.init_flow_background={r.init_flow_background} must be > 0', p)
+         f'rpa.init_flow_sigma={r.init_flow_sigma} and rpa.init_flow_background={r.init_flow_background} '
+         'must be > 0', p)
   _check(r.pretrain_steps >= 0, f'rpa.pretrain_steps={r.pretrain_steps} must be >= 0', p)
   _check(r.lr_mult_after_pretrain >= 0, f'rpa.lr_mult_after_pretrain={r.lr_mult_after_pretrain} must be >= 0', p)
   _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)

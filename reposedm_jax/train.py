@@ -61,7 +61,8 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
 
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
-                             kpts=(batch['src_kpts'], batch['tgt_kpts']), rngs={'dropout': k_dropout}, mutable=['intermediates'])
+                             kpts=(batch['src_kpts'], batch['tgt_kpts']), rngs={'dropout': k_dropout},
+                             mutable=['intermediates'])
     pif_terms, pif_loss = {}, 0.0
     if heat_fn is not None:  # pif.train_mode: 'literal' (eq. 15 in the loss) or 'penalty' (λ·G into θ).
       out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config),

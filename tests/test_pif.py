@@ -246,7 +246,8 @@ def test_full_variant_trains_and_samples_with_the_b1_commands(tmp_path):
   assert strip.shape[1] == (config.rpa.iterations + 3) * (22 * f + 2) + 2
   with open(os.path.join(out, 'rpa_alignment_p0.json')) as fh:  # the alignment error, all pixels and body only
     summary = json.load(fh)
-  assert summary['pairs'] == 4 and len(summary['body_l1_warped_source_vs_target_per_update']) == config.rpa.iterations + 1
+  per_update = summary['body_l1_warped_source_vs_target_per_update']
+  assert summary['pairs'] == 4 and len(per_update) == config.rpa.iterations + 1
   assert 0 < summary['body_l1_unwarped_source_vs_target'] != summary['l1_unwarped_source_vs_target']
 
 
