@@ -125,7 +125,7 @@ part_kp() {  # session 9: B2 with RPA started from the keypoint pre-warp (rpa.in
       --config.pif.sample_scale=$s --config.pif.grad_blur=$(frac $b) && guide_judged $name
   done
   guide_judged b2_kp
-  run b1_scratch variant=b1
+  test "${KP_B1:-1}" = 0 || run b1_scratch variant=b1  # KP_B1=0: only the PIF sweep (B1's row exists)
 }
 case $PART in
   kp) part_kp ;;
