@@ -27,6 +27,7 @@ from typing import Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reposedm_jax.data.keypoints import openpose_to_coco
 from reposedm_jax.diffusion import samplers
@@ -282,13 +283,18 @@ def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_ope
   acp_table = jnp.asarray(sched.alphas_cumprod, jnp.float32)
   t_model = jnp.asarray(sched.timestep_map, jnp.int32)
 
-  def correction(x_t, t_index, eps, pred_x0):
-    del x_t
+  def guided(t_index, eps, pred_x0):
     p_tilde = jnp.clip(pred_x0, -1.0, 1.0)
     ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3], heads)
     _, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, 'heatmaps'))
     grad = low_pass(grad, pcfg.grad_blur * grad.shape[1])
-    on = (t_model[t_index] <= pcfg.sample_t_max).astype(eps.dtype)
-    return eps + guidance_term(grad, acp_table[t_index], scale * on).astype(eps.dtype)
+    return eps + guidance_term(grad, acp_table[t_index], scale).astype(eps.dtype)
+
+  def correction(x_t, t_index, eps, pred_x0):
+    del x_t
+    if pcfg.sample_t_max >= int(np.max(sched.timestep_map)):  # every step guided: no branch to compile
+      return guided(t_index, eps, pred_x0)
+    # Outside the window the estimator's forward and backward are skipped (lax.cond), not multiplied by 0.
+    return jax.lax.cond(t_model[t_index] <= pcfg.sample_t_max, guided, lambda _, e, __: e, t_index, eps, pred_x0)
 
   return correction

@@ -332,7 +332,15 @@ def test_sampling_window_turns_guidance_off_above_t_max():
                                  2.0)
   eps = jnp.zeros_like(x)
   assert float(jnp.max(jnp.abs(corr(x, jnp.int32(800), eps, x)))) == 0.0
-  assert float(jnp.max(jnp.abs(corr(x, jnp.int32(300), eps, x)))) > 0.0
+  inside = corr(x, jnp.int32(300), eps, x)
+  assert float(jnp.max(jnp.abs(inside))) > 0.0
+  # Inside the window the lax.cond branch is exactly the every-step correction (no window, no branch).
+  config.pif.sample_t_max = 999
+  every = pif.sampling_correction(config.pif, heat_fn, pose_estimator.reference_heads(config), linear_schedule(1000),
+                                  kpts, 2.0)
+  np.testing.assert_array_equal(np.asarray(jax.jit(corr)(x, jnp.int32(300), eps, x)),
+                                np.asarray(jax.jit(every)(x, jnp.int32(300), eps, x)))
+  np.testing.assert_allclose(np.asarray(inside), np.asarray(every(x, jnp.int32(300), eps, x)), atol=1e-5)
 
 
 def test_penalty_mode_adds_a_loss_whose_gradient_reaches_theta():
