@@ -83,10 +83,13 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
 
   def run(params, host_batch, rng, guide=None):
     batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
+    args = (params, batch, rng, guide_vars if guide is None else guide)
+    if jax.process_count() > 1:  # global arrays cannot be device_put here; jit places them (compile untimed)
+      return sharding.process_local(fn(*args))
     # An executable checks its inputs' shardings (jit would reshard): restored weights may sit on one
     # device, so they are put where it expects them (a no-op when they are already replicated).
-    args = jax.device_put((params, rng, guide_vars if guide is None else guide), repl)
-    args = (args[0], batch, args[1], args[2])
+    placed = jax.device_put((args[0], args[2], args[3]), repl)
+    args = (placed[0], batch, placed[1], placed[2])
     # Compiled ahead of time per input signature, so the compile is timed apart from the sampling it serves.
     sig = tuple((a.shape, a.dtype) for a in jax.tree.leaves(batch))
     if sig not in executables:
@@ -176,7 +179,8 @@ def run_sample(config, workdir: str) -> str:
   if first is None:
     raise ValueError(f'No test pairs to sample in {config.data.root} (data.max_test_pairs / sample.num)')
   save(0, first, sampler(params, first, jax.random.fold_in(rng, 0)))  # the first batch compiles the sampler
-  logs.log_line(f'Sampler compiled in {sum(sampler.compile_seconds):.1f} s (not in the rate below)')
+  if sampler.compile_seconds:
+    logs.log_line(f'Sampler compiled in {sum(sampler.compile_seconds):.1f} s (not in the rate below)')
   # Rate and ETA over the batches after the first, whose time is mostly compilation.
   for b, batch in enumerate(tqdm(batches, total=total, initial=1, desc='sampling',
                                  disable=jax.process_index() != 0), start=1):
