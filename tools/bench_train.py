@@ -32,7 +32,8 @@ from ml_collections import config_flags
 from reposedm_jax import pif, pose_estimator, sharding, train, train_state
 from reposedm_jax import sample as sample_lib
 from reposedm_jax.diffusion.schedule import linear_schedule
-from reposedm_jax.models import factory, hrnet
+from reposedm_jax.models import factory
+from tools import bench_inputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps.')
@@ -87,25 +88,6 @@ def peak_memory_gib() -> tuple[float, str]:
   if stats and 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'] / 2**30, 'device'
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host RSS'  # KiB -> GiB.
-
-
-def random_batch(config, b, rng):
-  """Model inputs of the config's shapes ([-1, 1] images, [0, 1] pose maps, in-frame keypoints)."""
-  h, w = config.data.height, config.data.width
-  kpts = lambda: (rng.uniform(0, 1, (b, 18, 2)) * [w - 1, h - 1]).astype(np.float32)  # noqa: E731
-  return {'src_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_img': rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-          'tgt_pose': rng.uniform(0, 1, (b, h, w, 20)).astype(np.float32),
-          'src_kpts': kpts(), 'tgt_kpts': kpts()}
-
-
-def guide_variables(config):
-  """The frozen estimator's variables for variant full: its weights if configured, else random ones of the
-  same network (the cost does not depend on the values)."""
-  try:
-    return pose_estimator.load_guide_variables(config, '')
-  except FileNotFoundError:
-    return jax.jit(lambda r: hrnet.init_variables(hrnet.build_hrnet(config.pose), r))(jax.random.key(0))
 
 
 def timed(fn, args, n: int):
@@ -173,7 +155,7 @@ def main(argv):
   b = config.train.batch_size
   guide_vars, guide_note = None, 'n/a (variant has no guidance)'
   if config.variant == 'full':
-    guide_vars, guide_note = guide_variables(config), ''
+    guide_vars, guide_note = bench_inputs.guide_variables(config), ''
 
   # State laid out as training lays it out (replicated, or FSDP with config.fsdp_axis).
   init = lambda r: train_state.init_state(model, tx, config, r)  # noqa: E731
@@ -185,7 +167,7 @@ def main(argv):
   if guide_vars is not None:
     state['guide'] = sharding.put_global(guide_vars, shardings['guide'])
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  host_batch = random_batch(config, b, rng)
+  host_batch = bench_inputs.random_batch(config, b, rng)
   batch = sharding.global_batch(host_batch, mesh)
   step_fn = train.compile_train_step(model, sched, tx, config, mesh, shardings)
 
@@ -251,7 +233,7 @@ def main(argv):
   if n_sample > 0:  # --- Sampling (CFG, the configured sampler; PIF guidance for variant full).
     sb = _SAMPLE_BATCH.value if _SAMPLE_BATCH.value > 0 else jax.device_count()
     sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=n_sample, guide_vars=state.get('guide'))
-    sbatch = random_batch(config, sb, rng)
+    sbatch = bench_inputs.random_batch(config, sb, rng)
     ema = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state['ema_params'])
     t0 = time.perf_counter()
     sampler(ema, sbatch, jax.random.key(2))
