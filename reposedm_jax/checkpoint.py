@@ -238,12 +238,17 @@ def _is_added_by_b2(path: tuple) -> bool:
 
 
 def _params_source(path: str):
-  """(orbax item dir, key prefix of the params in it) for a params dir or a training workdir.
+  """(orbax item dir, key prefix of the params in it) for a params dir, an export or a training workdir.
 
   A workdir (it has `checkpoints/`) gives its latest step's EMA params: the weights its samples and
   metrics come from, so `--config.init_from=runs/b1` starts from exactly the B1 that was evaluated.
   """
   ckpts = os.path.join(path, 'checkpoints')
+  if os.path.isfile(os.path.join(path, 'export.json')):  # `python -m reposedm_jax.export` (run_weights.py)
+    if not os.path.isdir(os.path.join(path, 'params')):
+      raise ValueError(f'{path} is a safetensors export: export with --format orbax for init_from, or load it '
+                       'with `python -m reposedm_jax.predict --weights`')
+    return os.path.join(path, 'params'), ()
   if not os.path.isdir(ckpts):
     return path, ()
   # The same manager training writes with (read-only: it must not create or clean anything here).

@@ -24,13 +24,17 @@ from reposedm_jax.models import factory
 
 # config.sample.sampler: DDIM over sample.num_steps, or DDPM on a respaced schedule of num_steps steps.
 SAMPLERS = ('ddim', 'ddpm')
+# Optional batch entries of garment editing (`generate`): the reference person and the generated region.
+EDIT_KEYS = ('edit_ref', 'edit_mask')
 
 
-def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_steps):
+def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_steps, shared_noise=False):
   """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`.
 
   With `guide_vars` (variant full) every step adds PIF's gradient guidance (eq. 16), computed from the
-  target keypoints `batch['tgt_kpts']` only.
+  target keypoints `batch['tgt_kpts']` only. `shared_noise`: every row starts from the same x_T and draws the
+  same per-step noise (predict's pose sequences). With `batch['edit_ref']` and `batch['edit_mask']` (garment
+  editing, paper Fig. 4) the region outside the mask is the reference person, re-noised at every step.
   """
   scfg = config.sample
   src, pose = batch['src_img'], batch['tgt_pose']
@@ -49,7 +53,11 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   # guide_variance: PIDM mixes all output channels (eps and v) with the guidance scale.
   model_fn = samplers.cfg_model_fn(apply_fn, scfg.guidance_scale, guide_variance=True)
   k_init, k_loop = jax.random.split(rng)
-  x_t = jax.random.normal(k_init, src.shape, jnp.float32)
+  x_t = samplers.step_noise(k_init, 0, src.astype(jnp.float32), shared_noise) if shared_noise else \
+      jax.random.normal(k_init, src.shape, jnp.float32)
+  post = None
+  if 'edit_ref' in batch:
+    post = samplers.inpaint_post_step(batch['edit_ref'], batch['edit_mask'], jax.random.fold_in(k_init, 1))
   if scfg.sampler == 'ddim':
     s = sched
   elif scfg.sampler == 'ddpm':
@@ -63,26 +71,30 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
                                          scfg.guidance_scale)
   if scfg.sampler == 'ddim':
     return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, clip_x0=scfg.ddim_clip_x0, rng=k_loop,
-                                eps_correction_fn=correction)
-  return samplers.ddpm_sample(model_fn, s, x_t, k_loop, eps_correction_fn=correction)
+                                eps_correction_fn=correction, shared_noise=shared_noise, post_step_fn=post)
+  return samplers.ddpm_sample(model_fn, s, x_t, k_loop, eps_correction_fn=correction, shared_noise=shared_noise,
+                              post_step_fn=post)
 
 
-def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None):
+def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, shared_noise: bool = False):
   """Returns fn(params, host_batch, rng, guide=None) -> numpy [B, H, W, C]; B must divide over the mesh.
+
+  `shared_noise` and a host batch with `edit_ref` / `edit_mask`: see `generate`.
 
   `guide_vars` (the frozen estimator's variables) turns on PIF guidance; variant full passes them.
   The training loop passes the live `state['guide']` as `guide` on every call instead: its train step
   donates the state, so the arrays given here at construction are deleted after the first step.
   """
   repl = sharding.replicated(mesh)
-  fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps),
+  fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps,
+                                 shared_noise=shared_noise),
                in_shardings=(repl, sharding.batch_sharding(mesh), repl, repl),
                out_shardings=sharding.batch_sharding(mesh))
   keys = ('src_img', 'tgt_pose', 'src_kpts', 'tgt_kpts')
   executables, compile_seconds = {}, []
 
   def run(params, host_batch, rng, guide=None):
-    batch = sharding.global_batch({k: host_batch[k] for k in keys}, mesh)
+    batch = sharding.global_batch({k: host_batch[k] for k in keys + EDIT_KEYS if k in host_batch}, mesh)
     args = (params, batch, rng, guide_vars if guide is None else guide)
     if jax.process_count() > 1:  # global arrays cannot be device_put here; jit places them (compile untimed)
       return sharding.process_local(fn(*args))

@@ -8,6 +8,11 @@ optional `eps_correction_fn(x_t, t_index, eps, pred_x0) -> eps` applied to eps b
 update; gradient guidance plugs in there. `t_index` is the int32 scalar index into the
 schedule's tables at that step, `pred_x0` the x0 implied by the uncorrected eps.
 The per-step noise key is fold_in(rng, t_index), so no key is threaded through the loop.
+
+Two more hooks serve predict's sequences and garment editing: `shared_noise=True` draws one noise image per
+step (and the caller one x_T) for the whole batch, so frames of a pose sequence share their noise; and
+`post_step_fn(x_prev, t_index, sqrt_abar_prev, sqrt_1m_abar_prev) -> x_prev` rewrites each step's result
+(RePaint-style editing, `inpaint_post_step`), given abar of the time x_prev is at (1 after the last step).
 """
 
 from typing import Callable, Optional
@@ -21,6 +26,29 @@ from reposedm_jax.diffusion.schedule import Schedule, ddim_timesteps
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 EpsCorrectionFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+PostStepFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def step_noise(rng: jax.Array, t_index, like: jnp.ndarray, shared: bool = False) -> jnp.ndarray:
+  """Standard normal noise of `like`'s shape for step `t_index`; `shared`: one draw for every batch row."""
+  key = jax.random.fold_in(rng, t_index)
+  if shared:
+    return jnp.broadcast_to(jax.random.normal(key, (1,) + like.shape[1:], like.dtype), like.shape)
+  return jax.random.normal(key, like.shape, like.dtype)
+
+
+def inpaint_post_step(ref: jnp.ndarray, keep_mask: jnp.ndarray, rng: jax.Array) -> PostStepFn:
+  """x_prev -> m x_prev + (1 - m) q_sample(ref, t_prev): outside the mask the reference, noised to x_prev's time.
+
+  `keep_mask` [B, H, W, 1] is 1 where the sampler generates (the edited garment) and 0 where the reference
+  stays; after the last step (abar = 1) the unmasked region is the reference exactly. The re-noising draws
+  its own noise (key fold_in(rng, t_index)), independent of the sampler's.
+  """
+  def post(x_prev, t_index, sqrt_a_prev, sqrt_1m_a_prev):
+    noise = jax.random.normal(jax.random.fold_in(rng, t_index), x_prev.shape, x_prev.dtype)
+    known = sqrt_a_prev * ref + sqrt_1m_a_prev * noise
+    return keep_mask * x_prev + (1.0 - keep_mask) * known
+  return post
 
 
 def cfg_combine(out_c: jnp.ndarray, out_u: jnp.ndarray, scale: float) -> jnp.ndarray:
@@ -85,7 +113,8 @@ def ddim_coefficients(acp_t, acp_prev, eta, xp=np) -> dict:
   sigma = eta * xp.sqrt((1.0 - acp_prev) / (1.0 - acp_t)) * xp.sqrt(1.0 - acp_t / acp_prev)
   # max(., 0): at the last step 1 - a_prev - sigma^2 is 0 and rounding must not make it < 0.
   return {'sqrt_a': xp.sqrt(acp_t), 'sqrt_1m_a': xp.sqrt(1.0 - acp_t), 'sqrt_a_prev': xp.sqrt(acp_prev),
-          'dir': xp.sqrt(xp.maximum(1.0 - acp_prev - sigma * sigma, 0.0)), 'sigma': sigma}
+          'dir': xp.sqrt(xp.maximum(1.0 - acp_prev - sigma * sigma, 0.0)), 'sigma': sigma,
+          'sqrt_1m_a_prev': xp.sqrt(1.0 - acp_prev)}
 
 
 def _x0_from_eps(x_t, eps, c):
@@ -126,7 +155,8 @@ def ddim_step(x_t: jnp.ndarray, eps: jnp.ndarray, acp_t, acp_prev, noise: jnp.nd
 
 def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int,
                 eta: float = 0.0, clip_x0: bool = False, rng: Optional[jax.Array] = None,
-                eps_correction_fn: Optional[EpsCorrectionFn] = None) -> jnp.ndarray:
+                eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
+                post_step_fn: Optional[PostStepFn] = None) -> jnp.ndarray:
   """PIDM's DDIM sampler over `num_steps` steps of `ddim_timesteps`, run from the last step down.
 
   Only the eps half of the model output is used. The result is clamped to [-1, 1]; x0 is not
@@ -142,6 +172,7 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
     clip_x0: see ddim_step.
     rng: PRNG key for eta > 0.
     eps_correction_fn: optional hook, see module docstring.
+    shared_noise, post_step_fn: see module docstring.
 
   Returns:
     [B, H, W, C] sample in [-1, 1].
@@ -162,10 +193,12 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
       eps = eps_correction_fn(x, idx, eps, jnp.clip(pred_x0, -1.0, 1.0) if clip_x0 else pred_x0)
       pred_x0 = _x0_from_eps(x, eps, c)
     if stochastic:
-      noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
+      noise = step_noise(rng, idx, x, shared_noise)
     else:
       noise = jnp.zeros_like(x)
     x_prev, _ = _ddim_update(x, eps, c, noise, clip_x0, pred_x0)
+    if post_step_fn is not None:
+      x_prev = post_step_fn(x_prev, idx, c['sqrt_a_prev'], c['sqrt_1m_a_prev'])
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
@@ -200,7 +233,8 @@ def ddpm_step(s: Schedule, x_t: jnp.ndarray, t_index, eps: jnp.ndarray, v: jnp.n
 
 def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array,
                 clip_x0: bool = True,
-                eps_correction_fn: Optional[EpsCorrectionFn] = None) -> jnp.ndarray:
+                eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
+                post_step_fn: Optional[PostStepFn] = None) -> jnp.ndarray:
   """Ancestral sampling with the learned variance over every index of `s`, T-1 down to 0.
 
   Pass a respaced schedule for fewer steps; the model sees s.timestep_map[i].
@@ -212,11 +246,15 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
     rng: PRNG key; step i uses fold_in(rng, i).
     clip_x0: see ddpm_step.
     eps_correction_fn: optional hook, see module docstring.
+    shared_noise, post_step_fn: see module docstring.
 
   Returns:
     [B, H, W, C] sample in [-1, 1].
   """
   num = s.num_timesteps
+  # abar of the time each step's x_prev is at, from the float64 tables.
+  sqrt_prev = jnp.asarray(np.sqrt(s.alphas_cumprod_prev), jnp.float32)
+  sqrt_1m_prev = jnp.asarray(np.sqrt(1.0 - s.alphas_cumprod_prev), jnp.float32)
   xs = (jnp.arange(num - 1, -1, -1, dtype=jnp.int32),
         jnp.asarray(s.timestep_map[::-1], jnp.int32))
   batch = x_T.shape[0]
@@ -228,8 +266,10 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
       t_b = jnp.full((batch,), idx, jnp.int32)
       pred_x0 = p_mean_variance(s, jnp.concatenate([eps, v], -1), x, t_b, clip_x0)['pred_x0']
       eps = eps_correction_fn(x, idx, eps, pred_x0)
-    noise = jax.random.normal(jax.random.fold_in(rng, idx), x.shape, x.dtype)
+    noise = step_noise(rng, idx, x, shared_noise)
     x_prev, _ = ddpm_step(s, x, idx, eps, v, noise, clip_x0=clip_x0)
+    if post_step_fn is not None:
+      x_prev = post_step_fn(x_prev, idx, sqrt_prev[idx], sqrt_1m_prev[idx])
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
