@@ -8,7 +8,7 @@ DEMO := runs/demo
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: venv test demo ablation lint clean-demo pose-venv
+.PHONY: venv test demo ablation lint clean-demo pose-venv app
 
 venv: $(STAMP)
 
@@ -49,3 +49,17 @@ clean-demo:
 pose-venv:
 	test -x .venv-pose/bin/python || $(PYTHON) -m venv .venv-pose
 	.venv-pose/bin/python -m pip install -q --no-deps -r requirements-pose.txt
+
+# Optional: the local web demo on the demo's model (http://127.0.0.1:7860). Gradio pins Pillow below the core
+# stack's, so it gets its own venv; `make demo` first if runs/demo has no model.
+APP_STAMP := .venv-app/.installed
+$(APP_STAMP): requirements.txt requirements-app.txt
+	test -x .venv-app/bin/python || $(PYTHON) -m venv .venv-app
+	.venv-app/bin/python -m pip install -q --upgrade pip
+	.venv-app/bin/python -m pip install -q -r requirements.txt
+	.venv-app/bin/python -m pip install -q -r requirements-app.txt
+	touch $(APP_STAMP)
+
+app: $(APP_STAMP)
+	test -d $(DEMO)/checkpoints || $(MAKE) demo
+	$(DEMO_ENV) .venv-app/bin/python -m reposedm_jax.app --workdir $(DEMO) --data $(DEMO)/data

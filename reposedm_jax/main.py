@@ -75,7 +75,7 @@ def _parse_flags(argv):
     overrides = [a for a in argv[1:] if a.startswith('--config')]
     reason = str(e).strip('"\'').replace("\\'", "'")
     reason = _last_error_line(reason) if 'Traceback' in reason else reason.replace('\\n', ' ').replace('\n', ' ')
-    sys.exit(f'Invalid command line: {reason}\n  config arguments given: {overrides}')
+    sys.exit(f'Invalid command line: {reason} (config arguments given: {overrides})')
 
 
 def run():

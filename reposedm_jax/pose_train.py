@@ -176,6 +176,8 @@ def train_pose(config, workdir: str) -> dict:
   try:
     while step < pcfg.num_steps and not stop.stop:
       batch = sharding.global_batch(pose_batch(next(data_iter)), mesh)
+      if step == first_step:
+        logs.log_line('Compiling the pose train step ...')
       t_call = time.perf_counter()
       state, metrics = step_fn(state, batch)
       if step == first_step:  # its first call compiles: reported, and kept out of the steps/s rate and the ETA

@@ -105,6 +105,7 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, sh
     # Compiled ahead of time per input signature, so the compile is timed apart from the sampling it serves.
     sig = tuple((a.shape, a.dtype) for a in jax.tree.leaves(batch))
     if sig not in executables:
+      logs.log_line('Compiling the sampler ...')
       t0 = time.perf_counter()
       executables[sig] = fn.lower(*args).compile()
       compile_seconds.append(time.perf_counter() - t0)

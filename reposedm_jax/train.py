@@ -196,6 +196,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       wait_steps += 1
       in_pretrain = pretrain_fn is not None and step < config.rpa.pretrain_steps
       fn = pretrain_fn if in_pretrain else step_fn
+      if fn not in compiled:  # say so before the silent minutes a first call can take on a CPU
+        logs.log_line(f"Compiling the {'RPA pre-training' if in_pretrain else 'train'} step ...")
       t_call = time.perf_counter()
       state, metrics = fn(state, batch, base_rng)
       if fn not in compiled:  # Its first call compiles: reported, and kept out of the steps/s rate.

@@ -65,6 +65,7 @@ def test_a_mistyped_config_is_one_line(config_arg, message, tmp_path):
   assert r.returncode != 0
   err = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
   assert 'Traceback' not in r.stdout + r.stderr and message in err[0], err
+  assert len(err) == 1, err
 
 
 @pytest.mark.parametrize('key,value,needle', [
@@ -87,3 +88,16 @@ def test_runlocal_is_small_at_512():
   assert len(full.model.channel_mult) == 7 and full.model.model_channels == 128
   assert local.model.model_channels == 16 and len(local.model.channel_mult) == 3
   assert (local.data.height, local.data.width) == (512, 352) and local.train.num_steps == 2
+
+
+def test_empty_fid_reference_and_lpips_net_mean_skip_and_validate():
+  """configs/base.py documents '' as "skip this metric": the validator accepts exactly that vocabulary."""
+  from configs import demo
+  from reposedm_jax import config_lib
+  config = demo.get_config('runlocal')
+  config.eval.fid_reference, config.eval.lpips_net = '', ''
+  assert config_lib.eval_problems(config.eval) == []
+  config_lib.validate_eval(config.eval)
+  config.eval.lpips_net = 'vgg_typo'
+  with pytest.raises(config_lib.ConfigError, match='lpips_net'):
+    config_lib.validate_eval(config.eval)

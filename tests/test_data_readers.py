@@ -1,5 +1,6 @@
 """Readers of the real on-disk conventions, on data the synthetic generator writes."""
 
+import glob
 import os
 import shutil
 
@@ -253,3 +254,24 @@ def test_decompression_bomb_is_a_bad_example(monkeypatch):
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # 4096 px > 2 x 1000: Pillow's hard refusal
   with pytest.raises(BadExampleError, match=r"huge.png: field 'image': image too large to decode"):
     images.decode_image(buf.getvalue(), 'huge.png')
+
+
+def test_a_decompression_bomb_is_skipped_and_counted_in_skip_mode(tmp_path, monkeypatch, caplog):
+  """One oversized test image (Pillow refuses it) in skip mode: its pairs are skipped and counted, the rest load."""
+  from configs import demo
+  from reposedm_jax.data import dataset, pipeline, synthetic
+  root = str(tmp_path / 'data')
+  synthetic.generate(root, seed=0, identities=6, views_per_identity=2, height=32, width=22, fmt='pidm')
+  config = demo.get_config('runlocal')
+  config.data.root, config.data.height, config.data.width = root, 32, 22
+  config.data.on_bad_example = 'skip'
+  split = dataset.load_split(config.data, 'test')
+  bad = split.pairs[0].target
+  (path,) = [p for p in glob.glob(os.path.join(root, os.path.splitext(bad)[0]) + '.*')]
+  Image.new('RGB', (100, 100)).save(path)  # 10000 px > 2 x MAX_IMAGE_PIXELS: DecompressionBombError
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+  with caplog.at_level('WARNING'):
+    rows = sum(int(b['valid'].sum()) for b in pipeline.iterate_eval(config.data, split, 4))
+  involved = sum(bad in (p.target, p.sources[0]) for p in split.pairs)
+  assert involved >= 1 and rows == len(split.pairs) - involved
+  assert f'skipped {involved}' in caplog.text and 'too large' in caplog.text

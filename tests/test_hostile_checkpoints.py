@@ -131,11 +131,32 @@ def test_legacy_reader_refuses_a_self_containing_list(tmp_path):
     torch_legacy.load_legacy_torch_checkpoint(path)
 
 
-def test_the_converter_refuses_in_one_line_within_budget(tmp_path):
-  path = str(tmp_path / 'stride0.pth')
-  torch.save({'w': torch.zeros(1).expand(1 << 29)}, path)
+def _hostile_file(kind, tmp_path):
+  if kind == 'stride0':
+    path = str(tmp_path / 'stride0.pth')
+    torch.save({'w': torch.zeros(1).expand(1 << 29)}, path)
+    return path
+  if kind == 'zipbomb':
+    n = 1 << 28
+    return _write_zip(tmp_path / 'zipbomb.pth', {'w': _Tensor(_Storage('0', n // 4), (n // 4,), (1,))}, {'0': (n,)},
+                      compress=True)
+  if kind == 'huge_storage':
+    return _write_zip(tmp_path / 'huge_storage.pth', {'w': _Tensor(_Storage('0', 1 << 50), (1 << 50,), (1,))},
+                      {'0': bytes(16)})
+  if kind == 'huge_stride':
+    return _write_zip(tmp_path / 'huge_stride.pth', {'w': _Tensor(_Storage('0', 4), (1, 4), (1 << 70, 1))},
+                      {'0': bytes(16)})
+  loop = []
+  loop.append(loop)
+  return _write_legacy(tmp_path / 'selfloop.pth', {'x': loop})
+
+
+@pytest.mark.parametrize('kind,converter', [('stride0', 'hrnet'), ('zipbomb', 'pidm'), ('huge_storage', 'pidm'),
+                                            ('huge_stride', 'hrnet'), ('selfloop', 'pidm')])
+def test_the_converter_refuses_in_one_line_within_budget(tmp_path, kind, converter):
+  path = _hostile_file(kind, tmp_path)
   # A wrapper process whose only child is the converter, so RUSAGE_CHILDREN is the converter's peak alone.
-  cmd = [sys.executable, '-m', 'reposedm_jax.convert', 'hrnet', f'--src={path}', f'--dst={tmp_path / "out"}']
+  cmd = [sys.executable, '-m', 'reposedm_jax.convert', converter, f'--src={path}', f'--dst={tmp_path / "out"}']
   wrapper = ('import resource, subprocess, sys\n'
              f'r = subprocess.run({cmd!r}, capture_output=True, text=True)\n'
              'sys.stdout.write(r.stdout + r.stderr)\n'
@@ -147,5 +168,16 @@ def test_the_converter_refuses_in_one_line_within_budget(tmp_path):
   rc, peak_gib = int(lines[-1].split()[1]), int(lines[-1].split()[3]) / (1 << 20)  # KiB -> GiB (Linux)
   lines = lines[:-1]
   assert rc != 0 and 'Traceback' not in r.stdout
-  assert lines[-1].startswith('Cannot convert: ') and 'stride0.pth' in lines[-1], lines
+  assert lines[-1].startswith('Cannot convert: ') and os.path.basename(path) in lines[-1], lines
   assert took < 25 and peak_gib < 1.3, (took, peak_gib)
+
+
+def test_the_file_budget_counts_every_storage(tmp_path, monkeypatch):
+  """Each storage fits the per-file budget alone; together they do not, and the second is refused unread."""
+  monkeypatch.setattr(torch_checkpoint, 'MAX_FILE_BYTES', 1000)
+  obj = {'a': _Tensor(_Storage('0', 150), (150,), (1,)), 'b': _Tensor(_Storage('1', 150), (150,), (1,))}
+  path = _write_zip(tmp_path / 'two.pth', obj, {'0': bytes(600), '1': bytes(600)})
+  with pytest.raises(UnsafePickleError, match=r'two.pth: .*storage 1 claims 150 elements \(600 bytes\): over'):
+    torch_checkpoint.load_torch_checkpoint(path)
+  one = _write_zip(tmp_path / 'one.pth', {'a': obj['a']}, {'0': bytes(600)})
+  assert torch_checkpoint.load_torch_checkpoint(one)['a'].shape == (150,)

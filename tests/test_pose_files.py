@@ -85,16 +85,17 @@ def test_pose_file_errors_are_one_line_and_name_the_file(tmp_path):
     inputs.read_photo(str(tmp_path / 'no.png'))
 
 
-@pytest.mark.parametrize('photo_hw,out_hw', [((300, 500), (64, 44)), ((900, 200), (256, 176)), ((120, 88), (64, 44))])
-def test_person_crop_moves_keypoints_with_the_pixels(photo_hw, out_hw):
+@pytest.mark.parametrize('photo_hw,out_hw,aspect', [((300, 500), (64, 44), None), ((900, 200), (256, 176), None),
+                                                    ((120, 88), (64, 44), None), ((400, 300), (64, 64), (256, 176))])
+def test_person_crop_moves_keypoints_with_the_pixels(photo_hw, out_hw, aspect):
   """A photo whose pixels encode their own coordinates: at a moved keypoint the crop shows that keypoint's pixel."""
   h0, w0 = photo_hw
   yy, xx = np.mgrid[:h0, :w0]
   coded = np.stack([xx % 256, yy % 256, (xx // 256) * 16 + yy // 256], -1).astype(np.uint8)
   rng = np.random.default_rng(0)
   kpts = np.stack([rng.uniform(0.3 * w0, 0.7 * w0, 18), rng.uniform(0.05 * h0, 0.95 * h0, 18)], 1).astype(np.float32)
-  window = person_frame.photo_window(photo_hw, kpts, out_hw)
-  assert window.w / window.h == pytest.approx(out_hw[1] / out_hw[0])
+  window = person_frame.photo_window(photo_hw, kpts, out_hw, aspect_hw=aspect)
+  assert window.w / window.h == pytest.approx((aspect or out_hw)[1] / (aspect or out_hw)[0])
   crop = person_frame.crop_image(coded, window, out_hw, resample=Image.NEAREST, fill=(0, 0, 0))
   moved = window.apply(kpts, out_hw)
   inside = (moved[:, 0] > 0) & (moved[:, 0] < out_hw[1] - 1) & (moved[:, 1] > 0) & (moved[:, 1] < out_hw[0] - 1)
@@ -102,7 +103,7 @@ def test_person_crop_moves_keypoints_with_the_pixels(photo_hw, out_hw):
   c = crop[np.round(moved[inside, 1]).astype(int), np.round(moved[inside, 0]).astype(int)].astype(np.int64)
   got = np.stack([c[:, 0] + 256 * (c[:, 2] // 16), c[:, 1] + 256 * (c[:, 2] % 16)], 1)
   # Nearest sampling of the output pixel nearest the keypoint: within half an output pixel, in source pixels.
-  tol = 0.5 / window.scale(out_hw) + 0.5 + 1e-6
+  tol = 0.5 / min(window.scale(out_hw)) + 0.5 + 1e-6
   assert np.abs(got - kpts[inside]).max() <= tol + 0.5
 
 

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +15,12 @@ from PIL import Image
 
 from reposedm_jax import checkpoint, main, run_weights, train_state
 from reposedm_jax.convert import pidm as pidm_convert
-from reposedm_jax.data import synthetic
+from reposedm_jax.data import pose_files, synthetic
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
 from reposedm_jax.models import factory
 from reposedm_jax.predict import __main__ as predict_cli
-from reposedm_jax.predict import engine
+from reposedm_jax.predict import engine, inputs
 from reposedm_jax import export as export_cli
 from tests.test_train import tiny_config
 
@@ -146,10 +147,10 @@ def test_export_orbax_round_trips_into_init_from_and_predict(trained, tmp_path):
   params, step = run_weights.restore_run_params(workdir)
   assert record['step'] == step == 4
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_params(dst, abstract), params)
+  chex.assert_trees_all_equal(checkpoint.load_params(dst, abstract), params)
   raw, _ = run_weights.restore_run_params(workdir, ema=False)
   export_cli.main(['--workdir', workdir, '--dst', dst + '_raw', '--raw'])
-  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_params(dst + '_raw', abstract), raw)
+  chex.assert_trees_all_equal(checkpoint.load_params(dst + '_raw', abstract), raw)
   _, src, src_pose, tgt_pose = _first_pair(root, workdir)
   args = ['--source', src, '--source-pose', src_pose, '--pose', tgt_pose, '--crop', 'resize']
   predict_cli.main(['--weights', dst, '--out', str(tmp_path / 'a')] + args)
@@ -168,8 +169,8 @@ def test_safetensors_export_keeps_pidm_names_for_the_pidm_converter(trained, tmp
   assert tensors['input_blocks.0.0.weight'].ndim == 4  # PyTorch OIHW
   params, _ = run_weights.restore_run_params(workdir)
   converted = pidm_convert.convert_pidm_state_dict(tensors, config.model)
-  jax.tree.map(np.testing.assert_array_equal, converted, params)
-  jax.tree.map(np.testing.assert_array_equal, run_weights.load_export_params(dst, run_weights.read_config(dst)),
+  chex.assert_trees_all_equal(converted, params)
+  chex.assert_trees_all_equal(run_weights.load_export_params(dst, run_weights.read_config(dst)),
                params)
 
 
@@ -181,7 +182,7 @@ def test_safetensors_dict_of_a_b2_tree_round_trips():
   tensors = run_weights.to_safetensors_dict(config, params)
   assert any(k.startswith(run_weights.EXTRA_PREFIX + 'rpa/') for k in tensors)
   assert any(k.startswith('input_blocks.') for k in tensors)
-  jax.tree.map(np.testing.assert_array_equal, run_weights.from_safetensors_dict(config, tensors), params)
+  chex.assert_trees_all_equal(run_weights.from_safetensors_dict(config, tensors), params)
 
 
 def test_predict_errors_are_one_line(trained, tmp_path):
@@ -195,3 +196,109 @@ def test_predict_errors_are_one_line(trained, tmp_path):
     predict_cli.main(base[:2] + ['--source', str(tmp_path / 'missing.jpg'), '--pose', src_pose, '--out', 'o'])
   with pytest.raises(SystemExit, match='no config.json'):
     predict_cli.main(['--workdir', str(tmp_path), '--source', src, '--pose', src_pose, '--out', 'o'])
+
+
+POSE_VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.venv-pose', 'bin', 'python')
+
+
+@pytest.mark.skipif(not os.path.isfile(POSE_VENV), reason='needs the BlazePose venv (make pose-venv)')
+def test_a_photo_as_source_and_pose_goes_through_blazepose(trained, tmp_path):
+  """A 256x176 synthetic front view: BlazePose's keypoints (the real pretrained model) near the drawn ones."""
+  _, workdir, _ = trained
+  root = str(tmp_path / 'photos')
+  synthetic.generate(root, seed=0, identities=3, views_per_identity=1, height=256, width=176, fmt='pidm')
+  (photo,) = glob.glob(os.path.join(root, 'img', '**', '01_1_front.png'), recursive=True)[:1]
+  truth = pose_files.read_pose_file(os.path.splitext(photo.replace('/img/', '/pose/'))[0] + '.txt')[0]
+  truth = inputs._frame_pixels(truth, 'legacy256')[0]  # pylint: disable=protected-access
+  found = inputs.PhotoPoses()(inputs.read_photo(photo), photo)
+  both = (found[:, 0] != -1) & (truth[:, 0] != -1)
+  assert both.sum() >= 10
+  assert np.median(np.linalg.norm(found[both] - truth[both], axis=1)) < 0.05 * 256
+  record = predict_cli.main(['--workdir', workdir, '--source', photo, '--pose', photo, '--out', str(tmp_path / 'o')])
+  assert record['source']['keypoints_from'] == 'BlazePose'
+  assert os.path.isfile(str(tmp_path / 'o' / 'result_000.png'))
+
+
+def test_a_bare_params_directory_loads_with_a_config(trained, tmp_path):
+  """A converter's output (here: an export's params/ tree) with a config gives the run's own images."""
+  root, workdir, config = trained
+  dst = str(tmp_path / 'export')
+  export_cli.main(['--workdir', workdir, '--dst', dst])
+  bare = engine.load(os.path.join(dst, 'params'), config=run_weights.read_config(workdir))
+  run = engine.load(workdir)
+  chex.assert_trees_all_equal(bare.params, run.params)
+  cfg = engine.config_from_file('configs/demo.py:runlocal', ['data.width=256', 'sample.sampler=ddim'])
+  assert (cfg.data.width, cfg.sample.sampler) == (256, 'ddim')
+  with pytest.raises(FileNotFoundError, match='no such file'):
+    engine.config_from_file('configs/nope.py')
+
+
+APP_VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.venv-app', 'bin', 'python')
+CLIENT = '''
+import json, sys
+from gradio_client import Client
+c = Client(sys.argv[1], verbose=False)
+out = c.predict(None, sys.argv[2], None, None, sys.argv[3], 3, 0, 1, api_name='/transfer')
+print('RESULT ' + json.dumps(out))
+'''
+
+
+@pytest.mark.skipif(not os.path.isfile(APP_VENV), reason='needs the web demo venv (make app)')
+def test_the_web_demo_answers_a_client_with_predicts_image(trained, tmp_path):
+  """`reposedm_jax.app` in its venv, called by gradio_client: the same image as predict's command line; with
+  Chromium, a real click in the page shows it (a screenshot is written)."""
+  import socket
+  import subprocess
+  import sys
+  import time
+  import urllib.request
+  from reposedm_jax import app
+  root, workdir, _ = trained
+  examples = app.dataset_examples(root)
+  src_label, pose_label = sorted(examples)[:2]
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1', 'GRADIO_ANALYTICS_ENABLED': 'False'}
+  server = subprocess.Popen([APP_VENV, '-m', 'reposedm_jax.app', '--workdir', workdir, '--data', root, '--port',
+                             str(port)], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  url = f'http://127.0.0.1:{port}/'
+  try:
+    end = time.monotonic() + 240
+    while True:
+      try:
+        urllib.request.urlopen(url, timeout=5)
+        break
+      except OSError:
+        assert server.poll() is None and time.monotonic() < end, server.stdout.read()[-3000:]
+        time.sleep(1)
+    r = subprocess.run([APP_VENV, '-c', CLIENT, url, src_label, pose_label], capture_output=True, text=True,
+                       timeout=300, env=env)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith('RESULT ')), None)
+    assert line, r.stdout[-2000:] + r.stderr[-2000:]
+    result, side, gif, status = json.loads(line[len('RESULT '):])
+    assert gif is None and 'seed 0' in status, status
+    src, src_pose = examples[src_label]
+    predict_cli.main(['--workdir', workdir, '--source', src, '--source-pose', src_pose, '--crop', 'resize', '--pose',
+                      examples[pose_label][1], '--steps', '3', '--seed', '0', '--out', str(tmp_path / 'cli')])
+    np.testing.assert_array_equal(np.asarray(Image.open(result)),
+                                  np.asarray(Image.open(str(tmp_path / 'cli' / 'result_000.png'))))
+    from tests import study_browser
+    chromium = study_browser.find_chromium()
+    if chromium:
+      import base64
+      with study_browser.Chromium(chromium, str(tmp_path), size=(1280, 1250)) as page:
+        page.call('Page.navigate', {'url': url})
+        page.wait("!!document.querySelector('#generate')", timeout=60)
+        page.click('#generate')
+        page.wait("!!(document.querySelector('#result img') && document.querySelector('#result img').complete)",
+                  timeout=240)
+        shot = page.call('Page.captureScreenshot', {'format': 'png'})['data']
+        (tmp_path / 'app.png').write_bytes(base64.b64decode(shot))
+        assert Image.open(tmp_path / 'app.png').size[0] >= 1000
+        if os.environ.get('REPOSEDM_APP_SCREENSHOT'):  # docs/app.png is made this way
+          Image.open(tmp_path / 'app.png').save(os.environ['REPOSEDM_APP_SCREENSHOT'])
+  finally:
+    server.terminate()
+    server.wait(timeout=30)

@@ -116,3 +116,27 @@ def test_another_optimizer_config_is_an_error_for_training_but_samples(data_root
   _, params, step = sample.load_sampling_params(config, workdir, sharding.make_mesh(config.mesh))
   assert step == 2 and set(params) == {'unet', 'rpa'}
   assert _steps(workdir) == [2]
+
+
+def test_a_data_error_is_one_line_and_verbosity_brings_the_traceback_back(tmp_path):
+  """main.run: the user's data error (a malformed pairs line) is one line naming file and line, exit != 0;
+  `--verbosity=0` shows the full traceback for debugging."""
+  from reposedm_jax.data import synthetic
+  root = str(tmp_path / 'data')
+  synthetic.generate(root, seed=0, identities=4, views_per_identity=2, height=32, width=22, fmt='pidm')
+  pairs = os.path.join(root, 'train_pairs.txt')
+  with open(pairs) as f:
+    lines = f.read().splitlines()
+  lines.insert(1, 'only-one-field')
+  with open(pairs, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, '-m', 'reposedm_jax.main', '--config=configs/demo.py:runlocal',
+         f'--workdir={tmp_path / "run"}', f'--config.data.root={root}', '--config.data.height=32',
+         '--config.data.width=22']
+  r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+  out = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+  assert r.returncode != 0 and 'Traceback' not in r.stdout + r.stderr, out
+  assert out[-1].startswith('BadExampleError: ') and 'train_pairs.txt:2' in out[-1], out
+  r = subprocess.run(cmd + ['--verbosity=0'], cwd=repo, capture_output=True, text=True, timeout=300)
+  assert r.returncode != 0 and 'Traceback' in r.stderr

@@ -156,6 +156,11 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
       assert progress and len(progress) == len(set(progress)), progress
       info = [line for line in out.splitlines() if re.match(r'I\d{4} ', line)]  # absl INFO records
       assert not info and 'Config:' not in out, out[-2000:]
+      # The compile is announced before it starts and timed after; the progress lines come after both.
+      lines = out.splitlines()
+      announce = lines.index('Compiling the train step ...')
+      done = next(i for i, line in enumerate(lines) if line.startswith('Train step compiled (and run once) in '))
+      assert announce < done < lines.index(progress[0])
   metrics = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert metrics['num_images'] == 8
   assert 0 < metrics['ssim']['copy_source_baseline'] < 1 and -1 < metrics['ssim']['generated'] < 1

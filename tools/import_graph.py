@@ -37,7 +37,7 @@ LAYERS = {
     'reposedm_jax.run_weights': 3,  # a run's config and weights in, an export out (predict's and export's)
     # 4: entry points and tools built on the jobs.
     'reposedm_jax.main': 4, 'reposedm_jax.study': 4, 'reposedm_jax.ablation': 4,
-    'reposedm_jax.predict': 4, 'reposedm_jax.export': 4,
+    'reposedm_jax.predict': 4, 'reposedm_jax.export': 4, 'reposedm_jax.app': 4,
 }
 # Function-local imports of the package's own modules that are allowed: main.py's mode dispatch (each
 # mode pays only for its own imports).

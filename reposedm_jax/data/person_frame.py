@@ -8,6 +8,9 @@ padded with its own border colour. A person wider than that window (arms spread 
 it, and the height follows. Keypoints move with exactly the same affine map, so `Window.apply` and the image
 crop agree to the pixel (tested).
 
+`aspect_hw` crops at another aspect than the frame's and stretches the crop into it: PIDM's released weights
+were trained on 256x176 DeepFashion images stretched to 256x256 (predict `--crop-aspect 256x176`).
+
 A pose given without its image size (OpenPose JSON) has no frame to crop: `fit_window` builds one around the
 keypoints instead, the person's height filling `fill` of the model's height.
 """
@@ -28,17 +31,18 @@ class Window:
   w: float
   h: float
 
-  def scale(self, out_hw) -> float:
-    return out_hw[0] / self.h
+  def scale(self, out_hw) -> tuple[float, float]:
+    """(sx, sy): equal unless the window's aspect differs from the frame's (PIDM's stretched 256x256)."""
+    return out_hw[1] / self.w, out_hw[0] / self.h
 
   def apply(self, kpts, out_hw) -> np.ndarray:
     """Source-pixel keypoints -> keypoints of the resized crop (pixel centres at integers, as everywhere)."""
     kpts = np.asarray(kpts, np.float64)
-    s = self.scale(out_hw)
+    sx, sy = self.scale(out_hw)
     out = np.empty_like(kpts)
     # Pixel i of the crop covers source [x0 + i / s, x0 + (i + 1) / s): centres map by (x + .5 - x0) * s - .5.
-    out[:, 0] = (kpts[:, 0] + 0.5 - self.x0) * s - 0.5
-    out[:, 1] = (kpts[:, 1] + 0.5 - self.y0) * s - 0.5
+    out[:, 0] = (kpts[:, 0] + 0.5 - self.x0) * sx - 0.5
+    out[:, 1] = (kpts[:, 1] + 0.5 - self.y0) * sy - 0.5
     out[is_missing(kpts)] = MISSING
     return out.astype(np.float32)
 
@@ -51,10 +55,10 @@ def _person_box(kpts):
   return pts.min(axis=0), pts.max(axis=0)
 
 
-def photo_window(image_hw, kpts, out_hw, margin: float = 0.1) -> Window:
-  """The crop of an (H0, W0) photo: full height, model aspect, centred on the person (module docstring)."""
+def photo_window(image_hw, kpts, out_hw, margin: float = 0.1, aspect_hw=None) -> Window:
+  """The crop of an (H0, W0) photo: full height, model aspect (or `aspect_hw`'s), centred on the person."""
   h0, w0 = image_hw
-  aspect = out_hw[1] / out_hw[0]
+  aspect = (aspect_hw or out_hw)[1] / (aspect_hw or out_hw)[0]
   (x_min, y_min), (x_max, y_max) = _person_box(kpts)
   h, cy = float(h0), h0 / 2
   if y_max - y_min < 0.5 * h0:  # a small person in a large photo: zoom to them, keypoints filling 70 %
@@ -69,10 +73,10 @@ def photo_window(image_hw, kpts, out_hw, margin: float = 0.1) -> Window:
   return Window(x0, cy - h / 2, w, h)
 
 
-def fit_window(kpts, out_hw, fill: float = 0.85) -> Window:
+def fit_window(kpts, out_hw, fill: float = 0.85, aspect_hw=None) -> Window:
   """A window around keypoints with no image: the person's height (or width) fills `fill` of the frame."""
   (x_min, y_min), (x_max, y_max) = _person_box(kpts)
-  aspect = out_hw[1] / out_hw[0]
+  aspect = (aspect_hw or out_hw)[1] / (aspect_hw or out_hw)[0]
   h = max((y_max - y_min + 1) / fill, (x_max - x_min + 1) / fill / aspect, 1.0)
   w = h * aspect
   return Window((x_min + x_max + 1) / 2 - w / 2, (y_min + y_max + 1) / 2 - h / 2, w, h)
@@ -88,13 +92,13 @@ def crop_image(image: np.ndarray, window: Window, out_hw, resample=Image.BICUBIC
   """uint8 [H0, W0, 3] -> uint8 [H, W, 3]: the window's pixels resized, padded outside the photo with `fill`
   (default: its border colour). Nearest `resample` (masks) skips the anti-aliasing reduction."""
   h, w = out_hw
-  s = window.scale(out_hw)
+  sx, sy = window.scale(out_hw)
   # Affine map output pixel -> source pixel (PIL's transform takes the inverse map, in corner coordinates).
-  coeffs = (1 / s, 0.0, window.x0, 0.0, 1 / s, window.y0)
+  coeffs = (1 / sx, 0.0, window.x0, 0.0, 1 / sy, window.y0)
   fill = tuple(int(c) for c in (border_colour(image) if fill is None else fill))
   pil = Image.fromarray(image)
   # Downscaling by a large factor with one bicubic pass aliases: reduce by an integer factor first.
-  factor = int(max(1, np.floor(1 / s / 2))) if resample != Image.NEAREST else 1
+  factor = int(max(1, np.floor(1 / max(sx, sy) / 2))) if resample != Image.NEAREST else 1
   if factor > 1:
     pil = pil.reduce(factor)
     coeffs = (coeffs[0] / factor, 0.0, coeffs[2] / factor, 0.0, coeffs[4] / factor, coeffs[5] / factor)

@@ -7,7 +7,8 @@
   # garment editing (paper Fig. 4): --source is the reference person, --garment the person whose clothes go on
   python -m reposedm_jax.predict --workdir RUN --source ref.jpg --garment other.jpg --mask upper --out out/
 
-Weights: `--workdir RUN` (its latest checkpoint or `--step`, EMA unless `--raw`) or `--weights DIR` (an export).
+Weights: `--workdir RUN` (its latest checkpoint or `--step`, EMA unless `--raw`), `--weights DIR` (an export), or
+`--weights DIR --config configs/X.py [--set k=v]` (a bare params directory: PIDM's weights after the converter).
 Keypoints of a photo come from `--source-pose FILE` (or `--garment-pose`), else BlazePose (`make pose-venv`).
 Outputs in --out: result_<i>.png (model resolution), side_<i>.png (source | pose | result, titled), for sequences
 frames/, sequence.gif and sequence.mp4, and predict.json (every input, crop and setting used).
@@ -31,6 +32,9 @@ def build_parser():
   w = p.add_mutually_exclusive_group(required=True)
   w.add_argument('--workdir', help='training workdir')
   w.add_argument('--weights', help='export directory (python -m reposedm_jax.export)')
+  p.add_argument('--config', default='', help='configs/X.py[:args] for --weights that are a bare params directory '
+                 '(a converter\'s output, e.g. PIDM\'s released weights); with --set key=value overrides')
+  p.add_argument('--set', action='append', default=[], help='config override for --config, e.g. data.width=256')
   p.add_argument('--step', type=int, default=None, help='checkpoint step of --workdir (default: latest)')
   p.add_argument('--raw', action='store_true', help='raw instead of EMA weights')
   p.add_argument('--source', required=True, help='source photo (any size; cropped around the person)')
@@ -38,12 +42,15 @@ def build_parser():
   p.add_argument('--pose', action='append', default=[], help='target pose: a pose file, a photo, a folder or a '
                  'JSON list of them (repeatable)')
   p.add_argument('--pose-frame', default='', help='HxW of the image an OpenPose JSON was made on')
+  p.add_argument('--min-confidence', type=float, default=0.1, help='OpenPose joints below it are missing')
   p.add_argument('--interpolate', type=int, default=0, help='N frames between the first two poses (sequence)')
   p.add_argument('--fps', type=float, default=8.0)
   p.add_argument('--garment', default='', help='editing: the person wearing the garment to put on --source')
   p.add_argument('--garment-pose', default='', help='pose file of --garment (default: BlazePose)')
   p.add_argument('--mask', default='upper', help='editing: PNG mask (white = regenerate) or upper / lower')
   p.add_argument('--crop', default='person', choices=inputs.CROPS)
+  p.add_argument('--crop-aspect', default='', help='HxW: crop at this aspect and stretch into the model frame '
+                 '(256x176 for PIDM\'s released 256x256 weights, trained on stretched DeepFashion images)')
   p.add_argument('--out', required=True)
   p.add_argument('--steps', type=int, default=None, help='sampling steps (default: the run\'s sample.num_steps)')
   p.add_argument('--sampler', default=None, choices=('ddpm', 'ddim'))
@@ -81,13 +88,13 @@ def _is_list_file(path: str) -> bool:
   return isinstance(doc, list) and all(isinstance(p, str) for p in doc)
 
 
-def _frame(text: str):
+def _frame(text: str, flag: str):
   if not text:
     return None
   try:
     h, w = (int(v) for v in text.lower().split('x'))
   except ValueError:
-    raise BadExampleError('--pose-frame', f'expected HxW, got {text!r}') from None
+    raise BadExampleError(flag, f'expected HxW, got {text!r}') from None
   return h, w
 
 
@@ -101,7 +108,9 @@ def _progress(start):
 def run(args) -> dict:
   overrides = {'sample.num_steps': args.steps, 'sample.sampler': args.sampler,
                'sample.guidance_scale': args.guidance_scale, 'pif.sample_scale': args.pif_scale}
-  model = engine.load(args.workdir or args.weights, step=args.step, ema=not args.raw, sample_overrides=overrides)
+  config = engine.config_from_file(args.config, args.set) if args.config else None
+  model = engine.load(args.workdir or args.weights, step=args.step, ema=not args.raw, sample_overrides=overrides,
+                      config=config)
   photo_poses = inputs.PhotoPoses(args.pose_python)
   try:
     return _run(args, model, photo_poses)
@@ -113,8 +122,10 @@ def _run(args, model, photo_poses) -> dict:
   cfg, hw = model.config, model.hw
   seed = cfg.sample.seed if args.seed is None else args.seed
   batch = cfg.sample.batch_size if args.batch is None else args.batch
+  aspect = _frame(args.crop_aspect, '--crop-aspect')
   src = inputs.source_view(args.source, hw, crop=args.crop, pose_spec=args.source_pose,
-                           photo_poses=None if args.source_pose else photo_poses, need_keypoints=model.needs_keypoints)
+                           photo_poses=None if args.source_pose else photo_poses, need_keypoints=model.needs_keypoints,
+                           aspect_hw=aspect)
   record = {'model': model.description, 'variant': cfg.variant, 'frame': list(hw), 'crop': args.crop, 'seed': seed,
             'sampler': f'{cfg.sample.sampler} x {cfg.sample.num_steps}, CFG {cfg.sample.guidance_scale}',
             'source': {'photo': args.source, 'keypoints_from': src.keypoints_from, 'keypoints': src.kpts.tolist()}}
@@ -127,8 +138,9 @@ def _run(args, model, photo_poses) -> dict:
   specs = expand_poses(args.pose)
   if not specs:
     raise BadExampleError('--pose', 'no target pose given')
-  targets = [inputs.target_view(s, hw, crop=args.crop, photo_poses=photo_poses, pose_frame=_frame(args.pose_frame))
-             for s in specs]
+  targets = [inputs.target_view(s, hw, crop=args.crop, photo_poses=photo_poses, aspect_hw=aspect,
+                                pose_frame=_frame(args.pose_frame, '--pose-frame'),
+                                min_confidence=args.min_confidence) for s in specs]
   # A sequence (shared noise, GIF / MP4): interpolation, or a folder / JSON list of poses.
   sequence = args.interpolate > 0 or len(specs) > len(args.pose)
   kpts, names = [t.kpts for t in targets], [t.origin for t in targets]
@@ -164,7 +176,7 @@ def _edit(args, model, ref, photo_poses, record, seed, batch) -> dict:
   hw = model.hw
   garment = inputs.source_view(args.garment, hw, crop=args.crop, pose_spec=args.garment_pose,
                                photo_poses=None if args.garment_pose else photo_poses,
-                               need_keypoints=model.needs_keypoints)
+                               need_keypoints=model.needs_keypoints, aspect_hw=_frame(args.crop_aspect, '--crop-aspect'))
   if os.path.splitext(args.mask)[1]:
     mask = outputs.mask_from_png(args.mask, ref.photo_hw, ref.window, hw)
   else:

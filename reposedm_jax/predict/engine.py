@@ -5,7 +5,9 @@ padding, batch b drawn with key fold_in(key(seed), b)), so a dataset pair given 
 and the same seed and batch size is bit-for-bit sample mode's result (tested).
 """
 
+import ast
 import dataclasses
+import importlib.util
 import json
 import os
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from reposedm_jax import pose_estimator, run_weights, sample, sharding, visualize
+from reposedm_jax import checkpoint, pose_estimator, run_weights, sample, sharding, train_state, visualize
 from reposedm_jax.data import pose
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
@@ -49,16 +51,49 @@ class Loaded:
     return self._samplers[shared_noise]
 
 
-def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrides: dict | None = None) -> Loaded:
-  """A training workdir (its checkpoint `step`, default the latest; EMA by default) or an export directory."""
-  config = run_weights.read_config(path)
+def config_from_file(spec: str, overrides=()):
+  """`configs/X.py[:args]` -> its get_config(args), with `key.sub=value` overrides (Python literals)."""
+  file, _, arg = spec.partition(':')
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f'--config {file}: no such file')
+  module_spec = importlib.util.spec_from_file_location('predict_config', file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for item in overrides:
+    key, eq, text = item.partition('=')
+    if not eq:
+      raise ValueError(f'--set {item!r}: expected key=value')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrides: dict | None = None,
+         config=None) -> Loaded:
+  """A training workdir (its checkpoint `step`, default the latest; EMA by default), an export directory, or
+  with `config` a bare params directory (a converter's output: PIDM's released weights)."""
+  config = run_weights.read_config(path) if config is None else config
   with config.unlocked():
     for key, value in (sample_overrides or {}).items():
       if value is not None:
         section, name = key.split('.')
         config[section][name] = value
   mesh = sharding.make_mesh(config.mesh)
-  if run_weights.is_export(path):
+  guide_dir = None
+  if not run_weights.is_export(path) and not os.path.isdir(os.path.join(path, 'checkpoints')):
+    model = factory.build_model(config)
+    abstract = train_state.abstract_state(model, train_state.make_optimizer(config), config, jax.random.key(0))
+    params = jax.tree.map(np.asarray, checkpoint.load_params(path, abstract['params']))
+    what, step_done = f'params {path}', -1
+  elif run_weights.is_export(path):
     params = run_weights.load_export_params(path, config)
     with open(os.path.join(path, 'export.json')) as f:
       meta = json.load(f)
@@ -68,10 +103,9 @@ def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrid
   else:
     params, step_done = run_weights.restore_run_params(path, step, ema)
     what = f'{path} step {step_done} ({"EMA" if ema else "raw"})'
-    guide_dir = None
   guide_vars = None
   if config.variant == 'full':
-    if guide_dir is not None:
+    if guide_dir is not None and os.path.isdir(guide_dir):
       guide_vars, _ = pose_estimator.load_pose_estimator(config, guide_dir, use_pose_checkpoint=False)
     else:
       guide_vars = pose_estimator.load_guide_variables(config, path)

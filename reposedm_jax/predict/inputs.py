@@ -7,6 +7,7 @@ OpenPose-18 with the neck at the shoulders' midpoint). `crop`:
           (data/person_frame.py); a pose file without a frame (OpenPose JSON) is fitted to the frame.
   resize  the image or frame is resized to the model frame as the dataset loaders do (a dataset image and
           its keypoint file then give exactly the batch sample mode builds).
+`aspect_hw` (predict `--crop-aspect`) crops at that aspect and stretches into the model frame (PIDM's weights).
 """
 
 import dataclasses
@@ -82,17 +83,18 @@ def _frame_pixels(kpts, frame):
   return kpts, frame
 
 
-def _to_model(kpts, frame_hw, out_hw, crop: str, keep_aspect_resize: bool = True):
+def _to_model(kpts, frame_hw, out_hw, crop: str, keep_aspect_resize: bool = True, aspect_hw=None):
   if frame_hw is None:
-    return person_frame.fit_window(kpts, out_hw).apply(kpts, out_hw)
-  same_aspect = abs(frame_hw[1] / frame_hw[0] - out_hw[1] / out_hw[0]) < 0.01
+    return person_frame.fit_window(kpts, out_hw, aspect_hw=aspect_hw).apply(kpts, out_hw)
+  want = aspect_hw or out_hw
+  same_aspect = abs(frame_hw[1] / frame_hw[0] - want[1] / want[0]) < 0.01
   if crop == 'resize' or (same_aspect and keep_aspect_resize):
     return pose.image_to_image(kpts, frame_hw, out_hw)
-  return person_frame.photo_window(frame_hw, kpts, out_hw).apply(kpts, out_hw)
+  return person_frame.photo_window(frame_hw, kpts, out_hw, aspect_hw=aspect_hw).apply(kpts, out_hw)
 
 
 def source_view(photo: str, out_hw, *, crop: str = 'person', pose_spec: str = '', photo_poses=None,
-                need_keypoints: bool = True) -> View:
+                need_keypoints: bool = True, aspect_hw=None) -> View:
   """The source person in the model frame: the photo cropped (or resized) and its keypoints moved with it."""
   image = read_photo(photo)
   h, w = out_hw
@@ -112,24 +114,26 @@ def source_view(photo: str, out_hw, *, crop: str = 'person', pose_spec: str = ''
   if crop == 'resize':
     out = image if image.shape[:2] == (h, w) else np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
     return View(pose.image_to_image(kpts, image.shape[:2], out_hw), out, photo, how, None, image.shape[:2])
-  window = person_frame.photo_window(image.shape[:2], kpts, out_hw)
+  window = person_frame.photo_window(image.shape[:2], kpts, out_hw, aspect_hw=aspect_hw)
   return View(window.apply(kpts, out_hw), person_frame.crop_image(image, window, out_hw), photo, how, window,
               image.shape[:2])
 
 
-def target_view(spec: str, out_hw, *, crop: str = 'person', photo_poses=None, pose_frame=None) -> View:
+def target_view(spec: str, out_hw, *, crop: str = 'person', photo_poses=None, pose_frame=None,
+                aspect_hw=None, min_confidence: float = 0.1) -> View:
   """A target pose (file or photo) as model-frame keypoints; `pose_frame` (H, W) for a frameless JSON."""
   if is_photo(spec):
     if photo_poses is None:
       raise BadExampleError(spec, 'a photo as the pose needs BlazePose: run `make pose-venv`, or give a pose file')
     image = read_photo(spec)
     kpts = photo_poses(image, spec)
-    return View(_to_model(kpts, image.shape[:2], out_hw, crop, keep_aspect_resize=False), None, spec, 'BlazePose')
-  kpts, frame = pose_files.read_pose_file(spec)
+    return View(_to_model(kpts, image.shape[:2], out_hw, crop, keep_aspect_resize=False, aspect_hw=aspect_hw), None,
+                spec, 'BlazePose')
+  kpts, frame = pose_files.read_pose_file(spec, min_confidence)
   kpts, frame = _frame_pixels(kpts, frame)
   if frame is None and pose_frame is not None:
     frame = tuple(pose_frame)
-  return View(_to_model(kpts, frame, out_hw, crop), None, spec, os.path.splitext(spec.split('.csv:')[0])[1] or spec)
+  return View(_to_model(kpts, frame, out_hw, crop, aspect_hw=aspect_hw), None, spec, os.path.splitext(spec.split('.csv:')[0])[1] or spec)
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]:
