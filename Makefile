@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
+DEMO_CONFIG := --config=configs/demo.py:variant=full
 # Two fake CPU devices with the batch sharded over them is 1.4-1.8x faster on 2 cores (stack-notes.md).
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
@@ -23,15 +24,20 @@ $(STAMP): requirements.txt requirements-test.txt requirements-eval.txt
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --timeout=900 --durations=10 tests
 
+# The full RePoseDM (B2's keypoint pre-warp + RPA, PIF guidance) on the small synthetic dataset.
 demo: $(STAMP)
 	test -f $(DEMO)/data/test_pairs.txt || $(PY) -m reposedm_jax.data.synthetic --out $(DEMO)/data --seed 0 \
 		--identities 60 --views-per-identity 5 --height 64 --width 44
-	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO)
-	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=sample
-	# The pose judge of eval mode: the small HigherHRNet trained on the demo data's keypoints (~3 minutes).
-	test -f $(DEMO)/pose/pose_eval.json || $(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py \
+	# PIF's guide: the small HigherHRNet trained on the demo data's keypoints (seed 0, <workdir>/pose).
+	test -f $(DEMO)/pose/pose_eval.json || $(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) \
 		--workdir=$(DEMO) --config.mode=train_pose
-	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/demo.py --workdir=$(DEMO) --config.mode=eval
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO)
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO) --config.mode=sample
+	# The pose judge of eval mode: the same small HigherHRNet from another seed (independent of the guide).
+	test -f $(DEMO)/judge/pose/pose_eval.json || $(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) \
+		--workdir=$(DEMO)/judge --config.mode=train_pose --config.seed=1
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO) --config.mode=eval \
+		--config.eval.hrnet_dir=$(DEMO)/judge/pose "--config.eval.pose_judges=('hrnet',)"
 	@echo "Samples: $(DEMO)/samples/*.png (grids in $(DEMO)/samples/grids/)"
 	@echo "Metrics: $(DEMO)/eval/metrics.json"
 	@cat $(DEMO)/eval/metrics.md

@@ -4,13 +4,14 @@
 (the HigherHRNet estimator for PIF guidance, in <workdir>/pose).
 """
 
+import os
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reposedm_jax import config_lib, sharding
+from reposedm_jax import config_lib, logs, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:args]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, samples, logs.')
@@ -46,7 +47,9 @@ def run_mode(config, workdir: str):
   """Validates `config`, records it in `workdir` and runs its `config.mode` (what the command line does)."""
   config_lib.validate(config)
   config_lib.write_config(config, workdir)
-  logging.info('Config:\n%s', config)  # --verbosity=0 shows it; it is always in <workdir>/config.json
+  # One line, not the whole config (it is in the file; --verbosity=0 also logs it in full).
+  logs.log_line(f'mode {config.mode}, variant {config.variant}: config in {os.path.join(workdir, "config.json")}')
+  logging.info('Config:\n%s', config)
   if config.mode == 'train':
     from reposedm_jax import train
     return train.train_and_evaluate(config, workdir)

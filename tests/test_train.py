@@ -156,6 +156,7 @@ def test_main_train_sample_eval_end_to_end(data_root, tmp_path):
       assert progress and len(progress) == len(set(progress)), progress
       info = [line for line in out.splitlines() if re.match(r'I\d{4} ', line)]  # absl INFO records
       assert not info and 'Config:' not in out, out[-2000:]
+      assert sum('config in ' in line and line.endswith('config.json') for line in out.splitlines()) == 1, out[:2000]
       # The compile is announced before it starts and timed after; the progress lines come after both.
       lines = out.splitlines()
       announce = lines.index('Compiling the train step ...')
