@@ -1,8 +1,9 @@
-"""`python -m reposedm_jax.convert {pidm,hrnet} [flags]`: one entry point for the weight converters.
+"""`python -m reposedm_jax.convert {pidm,hrnet,vae} [flags]`: one entry point for the weight converters.
 
   python -m reposedm_jax.convert pidm --src pidm_deepfashion.pt --dst weights/pidm [--config configs/X.py]
   python -m reposedm_jax.convert hrnet --src pose_higher_hrnet_w32_512.pth --dst weights/hrnet_w32 \
       [--arch w32|w48] [--naming official|timm]
+  python -m reposedm_jax.convert vae --src vae.safetensors --dst weights/sd_vae [--preset sd|tiny]
 
 Each subcommand takes exactly the flags of its module (`python -m reposedm_jax.convert.pidm` and
 `python -m reposedm_jax.convert.hrnet` keep working); `--help` after a subcommand lists them.
@@ -15,7 +16,7 @@ from absl import app
 
 from reposedm_jax.convert import torch_checkpoint
 
-CONVERTERS = ('pidm', 'hrnet')
+CONVERTERS = ('pidm', 'hrnet', 'vae')
 
 
 def run(argv: list[str]) -> None:
