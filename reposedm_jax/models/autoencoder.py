@@ -99,32 +99,23 @@ class Upsample(nn.Module):
     return nn.Conv(self.channels, (3, 3), padding=1, name='conv')(x)
 
 
-class DownBlock(nn.Module):
-  """diffusers' DownEncoderBlock2D: ResNets, then (not at the last level) the stride-2 conv."""
+class LevelBlock(nn.Module):
+  """diffusers' DownEncoderBlock2D (`resample='down'`: ResNets, then the stride-2 conv) and UpDecoderBlock2D
+  ('up': ResNets, then nearest x2 and a conv); '' at the last level, which keeps its resolution."""
   out: int
   layers: int
   groups: int
-  downsample: bool
+  resample: str
 
   @nn.compact
   def __call__(self, x):
     for j in range(self.layers):
       x = ResnetBlock(self.out, self.groups, name=f'resnets_{j}')(x)
-    return Downsample(self.out, name='downsamplers_0')(x) if self.downsample else x
-
-
-class UpBlock(nn.Module):
-  """diffusers' UpDecoderBlock2D: ResNets, then (not at the last level) nearest x2 and a conv."""
-  out: int
-  layers: int
-  groups: int
-  upsample: bool
-
-  @nn.compact
-  def __call__(self, x):
-    for j in range(self.layers):
-      x = ResnetBlock(self.out, self.groups, name=f'resnets_{j}')(x)
-    return Upsample(self.out, name='upsamplers_0')(x) if self.upsample else x
+    if self.resample == 'down':
+      return Downsample(self.out, name='downsamplers_0')(x)
+    if self.resample == 'up':
+      return Upsample(self.out, name='upsamplers_0')(x)
+    return x
 
 
 class Encoder(nn.Module):
@@ -136,7 +127,7 @@ class Encoder(nn.Module):
     n = len(c.block_out_channels)
     h = nn.Conv(c.block_out_channels[0], (3, 3), padding=1, name='conv_in')(x)
     for i, ch in enumerate(c.block_out_channels):
-      h = DownBlock(ch, c.layers_per_block, c.norm_groups, i < n - 1, name=f'down_blocks_{i}')(h)
+      h = LevelBlock(ch, c.layers_per_block, c.norm_groups, 'down' if i < n - 1 else '', name=f'down_blocks_{i}')(h)
     h = MidBlock(c.block_out_channels[-1], c.norm_groups, name='mid_block')(h)
     h = nn.GroupNorm(c.norm_groups, epsilon=EPS, name='conv_norm_out')(h)
     return nn.Conv(2 * c.latent_channels, (3, 3), padding=1, name='conv_out')(nn.silu(h))
@@ -152,7 +143,8 @@ class Decoder(nn.Module):
     h = nn.Conv(chans[0], (3, 3), padding=1, name='conv_in')(z)
     h = MidBlock(chans[0], c.norm_groups, name='mid_block')(h)
     for i, ch in enumerate(chans):
-      h = UpBlock(ch, c.layers_per_block + 1, c.norm_groups, i < len(chans) - 1, name=f'up_blocks_{i}')(h)
+      h = LevelBlock(ch, c.layers_per_block + 1, c.norm_groups, 'up' if i < len(chans) - 1 else '',
+                     name=f'up_blocks_{i}')(h)
     h = nn.GroupNorm(c.norm_groups, epsilon=EPS, name='conv_norm_out')(h)
     return nn.Conv(c.in_channels, (3, 3), padding=1, name='conv_out')(nn.silu(h))
 
