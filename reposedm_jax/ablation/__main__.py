@@ -21,12 +21,17 @@ def tiny_settings(out: str) -> plan.Settings:
   pre-training (its phase switch is tested in tests/test_rpa_training.py; here it would double the compiles),
   rows B1 and RePoseDM only and one sampling seed. The full row runs every part B2 has (RPA, the pre-warp) plus
   PIF, so B2's row would add only compiles; the plan's B2 row and the seed statistics are tested without
-  running (tests/test_ablation.py). On CI's 2 cores the three-row, two-seed run took over 15 minutes."""
+  running (tests/test_ablation.py). FID and LPIPS are off: compiling their networks for 4 images was most of
+  the run (tests/test_fid.py and test_lpips.py cover them). On CI's 2 cores the three-row, two-seed run took
+  over 15 minutes."""
   return plan.Settings(out=out, identities=6, views=3, height=32, width=22, difficulty='hard', test_fraction=0.34,
                        base_steps=2, ft_steps=2, pretrain_steps=0, pose_steps=2, pairs=4, sample_steps=2,
                        train_seeds=(0,), sample_seeds=(1,), models=('b1', 'full'), config_arg='runlocal=True',
                        overrides=(('train.batch_size', 4), ('sample.batch_size', 4), ('pose.batch_size', 8),
                                   ('eval.batch_size', 4), ('pose.eval_images', 4), ('rpa.dim', 16),
+                                  # FID's Inception and LPIPS's AlexNet have their own tests; compiling them
+                                  # for 4 images is most of this run's time.
+                                  ('eval.fid_reference', ''), ('eval.lpips_net', ''),
                                   ('rpa.iterations', 1), ('rpa.windows', (3,)), ('rpa.radius', 1)))
 
 

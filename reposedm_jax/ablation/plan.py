@@ -93,7 +93,7 @@ def stages(s: Settings) -> List[Stage]:
                      os.path.join(wd, 'pose', 'pose_eval.json')))
   guide_pose = os.path.join(guide, 'pose')
   evaluate = {'eval.hrnet_dir': os.path.join(judge, 'pose'), 'eval.pose_judges': ('hrnet',),
-              'eval.fid_reference': 'test_targets'}
+              'eval.fid_reference': 'test_targets', **{k: v for k, v in common.items() if k.startswith('eval.')}}
   sampling = {'data.max_test_pairs': s.pairs, 'sample.num_steps': s.sample_steps, 'sample.num': s.pairs,
               'sample.rpa_strips': False}
   for ts in s.train_seeds:

@@ -43,7 +43,8 @@ def collect(s: plan.Settings) -> Dict[str, Dict[str, List[float]]]:
           row = out.setdefault(name, {k: [] for k, *_ in METRICS})
           for key, _, _, read in METRICS:
             v = read(m, which)
-            if v is not None:
+            # Copy-source's FID is ~0 by construction (the copied sources are the reference set): not a baseline.
+            if v is not None and not (name == 'copy' and key == 'fid'):
               row[key].append(float(v))
   return out
 
@@ -91,7 +92,8 @@ def chart(results: Dict[str, Dict[str, List[float]]], s: plan.Settings) -> Image
       mean = float(np.mean(v))
       sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
       bx = x0 + 14 + i * bw
-      y = bottom - (bottom - top) * mean / vmax
+      # max(0): copy-source's FID against the very images it copies is 0 up to rounding (-1e-13).
+      y = bottom - (bottom - top) * max(mean, 0.0) / vmax
       d.rectangle((bx + 4, y, bx + bw - 4, bottom), fill=COLORS[n])
       cx = bx + bw / 2
       if sd:
