@@ -1,10 +1,15 @@
-"""Demo: B1 on a small built-in synthetic dataset, trains on 2 CPU cores in minutes (`make demo`).
+"""Demo: a small built-in synthetic dataset that trains on 2 CPU cores in minutes. `make demo` runs the full
+RePoseDM (`:variant=full`; the default variant here stays b1, which the tests build on):
 
   python -m reposedm_jax.data.synthetic --out runs/demo/data --seed 0 --identities 60 \
       --views-per-identity 5 --height 64 --width 44
-  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo
-  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo --config.mode=sample
-  python -m reposedm_jax.main --config=configs/demo.py --workdir=runs/demo --config.mode=eval
+  python -m reposedm_jax.main --config=configs/demo.py:variant=full --workdir=runs/demo --config.mode=train_pose
+  python -m reposedm_jax.main --config=configs/demo.py:variant=full --workdir=runs/demo
+  python -m reposedm_jax.main --config=configs/demo.py:variant=full --workdir=runs/demo --config.mode=sample
+  python -m reposedm_jax.main --config=configs/demo.py:variant=full --workdir=runs/demo/judge \
+      --config.mode=train_pose --config.seed=1
+  python -m reposedm_jax.main --config=configs/demo.py:variant=full --workdir=runs/demo --config.mode=eval \
+      --config.eval.hrnet_dir=runs/demo/judge/pose "--config.eval.pose_judges=('hrnet',)"
 """
 
 from configs import base, common
@@ -39,7 +44,7 @@ def get_config(arg=None):
 
   t = config.train
   t.batch_size = 8
-  t.num_steps = 1100  # ~0.44 s/step on 2 cores: training, compile and grids fit in 10 minutes.
+  t.num_steps = 1100  # variant full: 2.0-2.2 steps/s on 2 cores, the whole demo in 14 m 43 s (WORKSPACE.md)
   t.lr = 1e-3
   t.warmup_steps = 100
   t.ema_decay = 0.995
