@@ -42,7 +42,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
 from reposedm_jax import sharding, train, train_state  # noqa: E402
@@ -103,6 +103,8 @@ def _padded(x, mult):
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # the converter's INFO list of dropped PIDM keys buries the table
+    logging.set_verbosity(logging.WARNING)
   import torch  # pylint: disable=import-outside-toplevel
   threads = _THREADS.value or os.cpu_count()
   torch.set_num_threads(threads)
