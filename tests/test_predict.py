@@ -302,3 +302,26 @@ def test_the_web_demo_answers_a_client_with_predicts_image(trained, tmp_path):
   finally:
     server.terminate()
     server.wait(timeout=30)
+
+
+def test_the_project_hrnet_finds_photo_poses_in_the_photos_frame(trained, tmp_path):
+  """--pose-detector hrnet: the estimator runs on the photo resized to its training height; its keypoints come
+  back in the photo's own pixels (checked against running it on the resized image directly)."""
+  from reposedm_jax.convert import hrnet as hrnet_convert
+  from reposedm_jax.metrics import hrnet_judge
+  from reposedm_jax.models import hrnet
+  root, workdir, _ = trained
+  module = hrnet.build_hrnet('small')
+  variables = jax.device_get(hrnet.init_variables(module, jax.random.key(3)))
+  weights = hrnet_convert.save_hrnet(variables, str(tmp_path / 'hrnet'), {'arch': 'small'})
+  photo = np.asarray(Image.open(_first_pair(root, workdir)[1]).convert('RGB').resize((66, 96), Image.BICUBIC))
+  found = inputs.PhotoPoses(hrnet=(module, variables, -np.inf, 32))._coco(photo)  # pylint: disable=protected-access
+  small = np.asarray(Image.fromarray(photo).resize((22, 32), Image.BICUBIC))
+  direct = hrnet_judge.HrnetJudge(module, variables, -np.inf, 'x', batch_size=1)(small[None])[0]
+  np.testing.assert_allclose(found, (direct + 0.5) * 3.0 - 0.5, atol=1e-4)
+  assert (found[:, 0] >= -0.5).all() and (found[:, 0] <= 66).all() and (found[:, 1] <= 96).all()
+  Image.fromarray(photo).save(tmp_path / 'me.png')
+  record = predict_cli.main(['--workdir', workdir, '--source', str(tmp_path / 'me.png'), '--pose',
+                             str(tmp_path / 'me.png'), '--pose-detector', 'hrnet', '--hrnet-dir', weights,
+                             '--hrnet-height', '32', '--out', str(tmp_path / 'o')])
+  assert record['source']['keypoints_from'] == 'HigherHRNet'

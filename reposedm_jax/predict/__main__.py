@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from reposedm_jax import visualize
+from reposedm_jax import pose_estimator, visualize
 from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.data.pose_files import FORMATS
 from reposedm_jax.predict import engine, inputs, outputs
@@ -59,6 +59,12 @@ def build_parser():
   p.add_argument('--seed', type=int, default=None, help='sampling seed (default: the run\'s sample.seed)')
   p.add_argument('--batch', type=int, default=None, help='batch size (default: the run\'s sample.batch_size)')
   p.add_argument('--pose-python', default='', help='interpreter of the BlazePose venv (default .venv-pose)')
+  p.add_argument('--pose-detector', default='blazepose', choices=('blazepose', 'hrnet'),
+                 help="keypoints of photos: BlazePose, or the project's HigherHRNet (--hrnet-dir)")
+  p.add_argument('--hrnet-dir', default='', help='HigherHRNet weights for --pose-detector hrnet: a train_pose dir '
+                 "or a converted official checkpoint (default: the run's guide estimator)")
+  p.add_argument('--hrnet-height', type=int, default=0, help='rows the photo is resized to for the HigherHRNet '
+                 "(default: the run's data.height; 512 for the official weights)")
   return p
 
 
@@ -111,11 +117,21 @@ def run(args) -> dict:
   config = engine.config_from_file(args.config, args.set) if args.config else None
   model = engine.load(args.workdir or args.weights, step=args.step, ema=not args.raw, sample_overrides=overrides,
                       config=config)
-  photo_poses = inputs.PhotoPoses(args.pose_python)
+  photo_poses = inputs.PhotoPoses(args.pose_python, hrnet=_hrnet_detector(args, model))
   try:
     return _run(args, model, photo_poses)
   finally:
     photo_poses.close()
+
+
+def _hrnet_detector(args, model):
+  if args.pose_detector != 'hrnet':
+    return None
+  cfg = model.config
+  path = args.hrnet_dir or cfg.pose.checkpoint or os.path.join(args.workdir or args.weights, 'pose')
+  arch = pose_estimator.stored_arch(path) or cfg.pose.arch
+  variables, module = pose_estimator.load_pose_estimator(cfg, path, use_pose_checkpoint=False, arch=arch)
+  return module, variables, cfg.pose.score_threshold, args.hrnet_height or cfg.data.height
 
 
 def _run(args, model, photo_poses) -> dict:

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from reposedm_jax.data import person_frame, pose, pose_files
 from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.data.keypoints import MISSING, is_missing
-from reposedm_jax.metrics import mediapipe_judge  # imports no mediapipe: its worker does, on first use
+from reposedm_jax.metrics import hrnet_judge, mediapipe_judge  # mediapipe only in its worker, on first use
 
 PHOTO_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 CROPS = ('person', 'resize')
@@ -46,22 +46,36 @@ def read_photo(path: str) -> np.ndarray:
 
 
 class PhotoPoses:
-  """Keypoints of the person in a photo, by BlazePose; the worker starts on first use and is reused."""
+  """Keypoints of the person in a photo: BlazePose (the worker starts on first use and is reused), or with
+  `hrnet` = (module, variables, min_score, height) the project's HigherHRNet, run on the photo resized to
+  `height` rows (the resolution the estimator was trained at) and mapped back to the photo's pixels."""
 
-  def __init__(self, python: str = '', min_visibility: float = 0.5):
-    self.python, self.min_visibility, self._judge = python, min_visibility, None
+  def __init__(self, python: str = '', min_visibility: float = 0.5, hrnet=None):
+    self.python, self.min_visibility, self._judge, self.hrnet = python, min_visibility, None, hrnet
+    self.name = 'HigherHRNet' if hrnet is not None else 'BlazePose'
+
+  def _coco(self, image: np.ndarray) -> np.ndarray:
+    if self.hrnet is None:
+      if self._judge is None:
+        self._judge = mediapipe_judge.MediapipeJudge(self.python, self.min_visibility, min_height=256)
+      return self._judge(image[None])[0]
+    module, variables, min_score, height = self.hrnet
+    if self._judge is None:
+      self._judge = hrnet_judge.HrnetJudge(module, variables, min_score, 'predict', batch_size=1)
+    h0, w0 = image.shape[:2]
+    w = max(8, int(round(w0 * height / h0)))
+    small = np.asarray(Image.fromarray(image).resize((w, height), Image.BICUBIC))
+    coco = self._judge(small[None])[0]
+    return np.where(coco == -1, -1.0, (coco + 0.5) * np.array([w0 / w, h0 / height]) - 0.5).astype(np.float32)
 
   def __call__(self, image: np.ndarray, where: str) -> np.ndarray:
-    if self._judge is None:
-      self._judge = mediapipe_judge.MediapipeJudge(self.python, self.min_visibility, min_height=256)
-    coco = self._judge(image[None])[0]
-    kpts = pose_files.coco17_to_openpose18(coco)
+    kpts = pose_files.coco17_to_openpose18(self._coco(image))
     if (~is_missing(kpts)).sum() < 4:
-      raise BadExampleError(where, 'BlazePose found no person in this photo (fewer than 4 joints)', field='person')
+      raise BadExampleError(where, f'{self.name} found no person in this photo (fewer than 4 joints)', field='person')
     return kpts
 
   def close(self):
-    if self._judge is not None:
+    if self._judge is not None and hasattr(self._judge, 'close'):  # the BlazePose worker process
       self._judge.close()
 
 
@@ -105,7 +119,7 @@ def source_view(photo: str, out_hw, *, crop: str = 'person', pose_spec: str = ''
       kpts = pose.image_to_image(kpts, frame, image.shape[:2])
     how = pose_spec
   elif photo_poses is not None:
-    kpts, how = photo_poses(image, photo), 'BlazePose'
+    kpts, how = photo_poses(image, photo), photo_poses.name
   elif not need_keypoints and crop == 'resize':
     kpts, how = np.full((18, 2), MISSING, np.float32), 'none (not needed by this model)'
   else:
@@ -128,7 +142,7 @@ def target_view(spec: str, out_hw, *, crop: str = 'person', photo_poses=None, po
     image = read_photo(spec)
     kpts = photo_poses(image, spec)
     return View(_to_model(kpts, image.shape[:2], out_hw, crop, keep_aspect_resize=False, aspect_hw=aspect_hw), None,
-                spec, 'BlazePose')
+                spec, photo_poses.name)
   kpts, frame = pose_files.read_pose_file(spec, min_confidence)
   kpts, frame = _frame_pixels(kpts, frame)
   if frame is None and pose_frame is not None:
