@@ -41,8 +41,9 @@ def transfer(model, photo_poses, examples, *, source_photo, source_example, pose
              steps, seed, frames, out_root):
   """One request: (result PNG, side-by-side PNG, GIF or None, a status line)."""
   argv = ['--workdir', 'unused', '--out', tempfile.mkdtemp(dir=out_root), '--seed', str(int(seed))]
-  if steps:
-    argv += ['--steps', str(int(steps))]
+  if steps:  # the model is loaded once: the sampling steps are set on its config (one sampler per value)
+    with model.config.unlocked():
+      model.config.sample.num_steps = int(steps)
   if source_photo:
     argv += ['--source', source_photo]
   elif source_example:

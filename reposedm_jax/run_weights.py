@@ -61,15 +61,17 @@ def restore_run_params(workdir: str, step: int | None = None, ema: bool = True):
   if not os.path.isdir(ckpts):
     raise FileNotFoundError(f'{workdir} has no checkpoints/')
   manager = checkpoint.make_manager(workdir, 1_000_000)  # keep=huge: reading must never clean anything up
-  steps = list(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f'{ckpts} holds no finished checkpoint')
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise ValueError(f'{ckpts} has no step {step}; it has {sorted(steps)}')
-  state = checkpoint.restore_here(manager, step)
-  manager.close()
+  try:
+    steps = list(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f'{ckpts} holds no finished checkpoint')
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise ValueError(f'{ckpts} has no step {step}; it has {sorted(steps)}')
+    state = checkpoint.restore_here(manager, step)
+  finally:
+    manager.close()
   return jax.tree.map(np.asarray, state['ema_params' if ema else 'params']), int(step)
 
 
@@ -115,10 +117,16 @@ def export(workdir: str, dst: str, *, step: int | None = None, ema: bool = True,
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}')
   config = read_config(workdir)
+  real_dst, real_run = os.path.realpath(dst), os.path.realpath(workdir)
+  if real_run == real_dst or real_run.startswith(real_dst + os.sep) or real_dst.startswith(real_run + os.sep):
+    raise ValueError(f'--dst {dst} overlaps the run {workdir}: export next to it, not into or above it')
+  if os.path.exists(dst) and not (os.path.isdir(dst) and (not os.listdir(dst) or is_export(dst))):
+    raise ValueError(f'--dst {dst} exists and is not an earlier export: refusing to replace it')
   params, step = restore_run_params(workdir, step, ema)
-  if os.path.exists(dst):
-    shutil.rmtree(dst)
-  os.makedirs(dst)
+  tmp = dst.rstrip(os.sep) + '.tmp'  # written whole, then moved into place: no half export under dst
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  final, dst = dst, tmp
   shutil.copy(os.path.join(workdir, 'config.json'), os.path.join(dst, 'config.json'))
   if fmt == 'orbax':
     checkpoint.save_params(os.path.join(dst, 'params'), params)
@@ -135,6 +143,9 @@ def export(workdir: str, dst: str, *, step: int | None = None, ema: bool = True,
             'variant': config.variant, 'parameters': int(sum(np.size(v) for v in jax.tree.leaves(params)))}
   with open(os.path.join(dst, 'export.json'), 'w') as f:
     json.dump(record, f, indent=1)
+  if os.path.exists(final):
+    shutil.rmtree(final)  # an earlier export or an empty directory (checked above)
+  os.replace(dst, final)
   return record
 
 

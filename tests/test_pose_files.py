@@ -58,7 +58,8 @@ def test_pidm_txt_csv_and_npy_give_the_same_keypoints(tmp_path):
   xs = [int(v) for v in KPTS[:, 0]]
   (tmp_path / 'a.csv').write_text(f'name:keypoints_y:keypoints_x\nx.jpg: {json.dumps(ys)}: {json.dumps(xs)}\n'
                                   f'y.jpg: {json.dumps(ys[::-1])}: {json.dumps(xs[::-1])}\n')
-  np.save(tmp_path / 'p.npy', pose.render_pidm_pose(legacy, 256, 256))
+  # PIDM's pose bank: drawn after trans_keypoins into the 256x176 image stretched to 256x256.
+  np.save(tmp_path / 'p.npy', pose.render_pidm_pose(pose.legacy_to_image(legacy, (256, 256)), 256, 256))
   for spec, tol in ((str(tmp_path / 'p.txt'), 1e-4), (str(tmp_path / 'a.csv') + ':x.jpg', 0),
                     (str(tmp_path / 'a.csv'), 0), (str(tmp_path / 'p.npy'), 1.6)):
     kpts, frame = pose_files.read_pose_file(spec)
@@ -67,7 +68,7 @@ def test_pidm_txt_csv_and_npy_give_the_same_keypoints(tmp_path):
     present = KPTS[:, 0] != -1
     # The .npy recovery: joints at the ends of the rasterised limb ellipses, ~1 px; ear 16 (no drawn limb
     # reaches 17, the left ear, which is missing anyway) comes from the limb 14-16.
-    np.testing.assert_allclose(px[present], KPTS[present], atol=tol * (256 / 176) + 1e-4, err_msg=spec)
+    np.testing.assert_allclose(px[present], KPTS[present], atol=tol + 1e-4, err_msg=spec)
     assert (px[~present] == -1).all(), spec
 
 

@@ -83,8 +83,9 @@ def test_a_sequence_shares_its_noise_and_writes_gif_and_mp4(trained, tmp_path):
   view = np.asarray(Image.open(src).convert('RGB').resize((22, 32), Image.BICUBIC))
   kpts = np.asarray(json.load(open(os.path.join(out, 'predict.json')))['targets'][0]['keypoints'], np.float32)
   rows = [{'src': view, 'src_kpts': kpts, 'tgt_kpts': kpts}] * 2
-  same = engine.generate(model, rows, seed=3, batch_size=4, shared_noise=True)
-  np.testing.assert_array_equal(same[0], same[1])
+  same = engine.generate(model, rows * 3, seed=3, batch_size=4, shared_noise=True)  # 6 rows: two batches
+  for image in same[1:]:
+    np.testing.assert_array_equal(same[0], image)
   apart = engine.generate(model, rows, seed=3, batch_size=4, shared_noise=False)
   assert np.abs(apart[0].astype(int) - apart[1].astype(int)).max() > 0
 
@@ -157,6 +158,19 @@ def test_export_orbax_round_trips_into_init_from_and_predict(trained, tmp_path):
   predict_cli.main(['--workdir', workdir, '--out', str(tmp_path / 'b')] + args)
   a, b = (np.asarray(Image.open(str(tmp_path / d / 'result_000.png'))) for d in 'ab')
   np.testing.assert_array_equal(a, b)
+
+
+def test_export_never_replaces_what_is_not_an_export(trained, tmp_path):
+  _, workdir, _ = trained
+  for dst in (workdir, os.path.dirname(workdir)):
+    with pytest.raises(SystemExit, match='overlaps the run'):
+      export_cli.main(['--workdir', workdir, '--dst', dst])
+  (tmp_path / 'notes').mkdir()
+  (tmp_path / 'notes' / 'mine.txt').write_text('keep me')
+  with pytest.raises(SystemExit, match='not an earlier export'):
+    export_cli.main(['--workdir', workdir, '--dst', str(tmp_path / 'notes')])
+  assert (tmp_path / 'notes' / 'mine.txt').read_text() == 'keep me'
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints'))
 
 
 def test_safetensors_export_keeps_pidm_names_for_the_pidm_converter(trained, tmp_path):

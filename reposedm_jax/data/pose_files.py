@@ -9,8 +9,10 @@ Formats (`read_pose_file` picks by extension; `FILE.csv:NAME` picks a CSV row):
   .csv   a PATN annotation CSV (`name:keypoints_y:keypoints_x`), 256x176 frame; the row NAME or the first row.
   .npy   PIDM's pose bank (`target_pose/*.npy`): the H x W x 20 `get_label_tensor` rendering itself. Keypoints
          are recovered from its 17 limb-distance channels (the ends of each filled limb ellipse; a joint shared
-         by limbs is their mean), which is exact to the rasteriser's ~1 px; a joint no drawn limb touches is
-         missing. A 256x256 tensor is PIDM's stretched legacy frame, any other size its own pixel frame.
+         by limbs is their mean), which is exact to the rasteriser's ~1-2 px; a joint no drawn limb touches is
+         missing. A 256x256 tensor is drawn in PIDM's 256x176 image stretched to 256x256 (`trans_keypoins` with
+         the stretched width): the keypoints are un-stretched into the 256x176 frame; any other size is its own
+         pixel frame.
 Keypoints are float32 [18, 2] (x, y), -1 missing (keypoints.py), in the returned frame: 'legacy256', (H, W), or
 None (unknown).
 """
@@ -20,13 +22,14 @@ import os
 
 import numpy as np
 
-from reposedm_jax.data import deepfashion, patn
+from reposedm_jax.data import deepfashion, patn, pose
 from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.data.keypoints import MISSING, NUM_DRAWN_LIMBS, NUM_OPENPOSE, OPENPOSE_LIMBS, OPENPOSE_TO_COCO
 
 # OpenPose-18 joint j = BODY_25 joint BODY25_TO_OPENPOSE18[j] (BODY_25 adds MidHip at 8 and six foot points).
 BODY25_TO_OPENPOSE18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 PATN_FRAME = (256, 176)
+STRETCHED_FROM = (256, 176)  # PIDM's DeepFashion images before its 256x256 stretch
 FORMATS = ('.json', '.txt', '.csv', '.npy')
 ZERO_GROWTH = 2.0  # px a limb's zero set extends beyond its polygon (distance // 3 == 0)
 
@@ -50,6 +53,8 @@ def read_openpose_json(path: str, min_confidence: float = 0.1, person: int = -1)
       doc = json.load(f)
   except json.JSONDecodeError as e:
     raise BadExampleError(path, f'not JSON ({e.msg})', line=e.lineno) from None
+  except UnicodeDecodeError:
+    raise BadExampleError(path, 'not a text (JSON) file') from None
   people = doc.get('people') if isinstance(doc, dict) else None
   if not isinstance(people, list):
     raise BadExampleError(path, 'no "people" list: not an OpenPose output file', field='people')
@@ -67,7 +72,9 @@ def read_openpose_json(path: str, min_confidence: float = 0.1, person: int = -1)
       raise BadExampleError(path, 'non-finite keypoint value', field=f'people[{i}].pose_keypoints_2d')
     if len(xyc) == 25:
       xyc = xyc[list(BODY25_TO_OPENPOSE18)]
-    kpts = np.where((xyc[:, 2:] >= min_confidence), xyc[:, :2], MISSING).astype(np.float32)
+    # c = 0 is OpenPose's "not found" (0 0 0) whatever the threshold.
+    found = (xyc[:, 2:] > 0) & (xyc[:, 2:] >= min_confidence)
+    kpts = np.where(found, xyc[:, :2], MISSING).astype(np.float32)
     candidates.append(kpts)
   if person >= len(candidates):
     raise BadExampleError(path, f'person {person} asked for, the file has {len(candidates)}', field='people')
@@ -168,8 +175,10 @@ def read_pose_npy(path: str) -> tuple[np.ndarray, object]:
   kpts = keypoints_from_pose_tensor(arr, path)
   if (kpts[:, 0] != MISSING).sum() < 2:
     raise BadExampleError(path, 'no limb drawn in this pose tensor', field='limbs')
-  frame = 'legacy256' if arr.shape[:2] == (256, 256) else tuple(arr.shape[:2])
-  return kpts, frame
+  if arr.shape[:2] == (256, 256):
+    # PIDM draws its pose bank after trans_keypoins, in the 256x176 image stretched to 256x256: undo the stretch.
+    return pose.image_to_image(kpts, (256, 256), STRETCHED_FROM), STRETCHED_FROM
+  return kpts, tuple(arr.shape[:2])
 
 
 def read_pose_file(spec: str, min_confidence: float = 0.1, person: int = -1) -> tuple[np.ndarray, object]:

@@ -139,8 +139,10 @@ def _run(args, model, photo_poses) -> dict:
   seed = cfg.sample.seed if args.seed is None else args.seed
   batch = cfg.sample.batch_size if args.batch is None else args.batch
   aspect = _frame(args.crop_aspect, '--crop-aspect')
+  # B1 with --crop resize never reads the source's keypoints: no BlazePose needed for it (region masks do).
+  skip_detector = args.source_pose or (args.crop == 'resize' and not model.needs_keypoints and not args.garment)
   src = inputs.source_view(args.source, hw, crop=args.crop, pose_spec=args.source_pose,
-                           photo_poses=None if args.source_pose else photo_poses, need_keypoints=model.needs_keypoints,
+                           photo_poses=None if skip_detector else photo_poses, need_keypoints=model.needs_keypoints,
                            aspect_hw=aspect)
   record = {'model': model.description, 'variant': cfg.variant, 'frame': list(hw), 'crop': args.crop, 'seed': seed,
             'sampler': f'{cfg.sample.sampler} x {cfg.sample.num_steps}, CFG {cfg.sample.guidance_scale}',
@@ -177,11 +179,11 @@ def _run(args, model, photo_poses) -> dict:
     visualize.save_png(os.path.join(args.out, sub, f'result_{i:03d}.png'), image)
     visualize.save_png(os.path.join(args.out, sub, f'side_{i:03d}.png'), side)
     record['targets'].append({'pose': name, 'keypoints': k.tolist()})
+  _write_record(args.out, record)  # before the videos: a failing encoder must not lose it
   if sequence:
     record['gif'] = outputs.write_gif(os.path.join(args.out, 'sequence.gif'), sides, args.fps)
     record['mp4'] = outputs.write_mp4(os.path.join(args.out, 'sequence.mp4'), sides, args.fps)
-  with open(os.path.join(args.out, 'predict.json'), 'w') as fh:
-    json.dump(record, fh, indent=1)
+    _write_record(args.out, record)
   print(f'Wrote {len(images)} result(s) to {args.out}')
   return record
 
@@ -208,14 +210,21 @@ def _edit(args, model, ref, photo_poses, record, seed, batch) -> dict:
                      visualize.tile_columns(cols, titles=['reference', 'garment', 'mask', 'edited']))
   record['edit'] = {'garment': args.garment, 'garment_keypoints_from': garment.keypoints_from, 'mask': args.mask,
                     'mask_pixels': int(mask.sum())}
-  with open(os.path.join(args.out, 'predict.json'), 'w') as fh:
-    json.dump(record, fh, indent=1)
+  _write_record(args.out, record)
   print(f'Wrote the edited image to {args.out}/edited.png')
   return record
 
 
+def _write_record(out: str, record: dict) -> None:
+  with open(os.path.join(out, 'predict.json'), 'w') as fh:
+    json.dump(record, fh, indent=1)
+
+
 def main(argv=None):
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.fps <= 0:
+    parser.error(f'--fps must be positive, got {args.fps}')
   try:
     return run(args)
   except (BadExampleError, FileNotFoundError, ValueError) as e:

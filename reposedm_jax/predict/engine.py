@@ -42,13 +42,16 @@ class Loaded:
     return self.config.variant in ('b2', 'full') and self.config.rpa.init_flow == 'keypoints'
 
   def sampler(self, shared_noise: bool):
-    if shared_noise not in self._samplers:
+    """The jitted sampler for the current `config.sample` (one per setting: the app changes num_steps)."""
+    key = (shared_noise, self.config.sample.num_steps, self.config.sample.sampler, self.config.sample.guidance_scale,
+           self.config.pif.sample_scale)
+    if key not in self._samplers:
       d = self.config.diffusion
       sched = linear_schedule(d.timesteps, d.beta_start, d.beta_end)
-      self._samplers[shared_noise] = sample.make_sampler(self.model, sched, self.config, self.mesh,
-                                                         self.config.sample.num_steps, guide_vars=self.guide_vars,
-                                                         shared_noise=shared_noise)
-    return self._samplers[shared_noise]
+      self._samplers[key] = sample.make_sampler(self.model, sched, self.config, self.mesh,
+                                                self.config.sample.num_steps, guide_vars=self.guide_vars,
+                                                shared_noise=shared_noise)
+    return self._samplers[key]
 
 
 def config_from_file(spec: str, overrides=()):
@@ -59,7 +62,7 @@ def config_from_file(spec: str, overrides=()):
   module_spec = importlib.util.spec_from_file_location('predict_config', file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  config = module.get_config(arg) if arg else module.get_config()
   for item in overrides:
     key, eq, text = item.partition('=')
     if not eq:
@@ -71,7 +74,11 @@ def config_from_file(spec: str, overrides=()):
     *parents, leaf = key.split('.')
     node = config
     for part in parents:
+      if part not in node:
+        raise ValueError(f'--set {item!r}: the config has no section {part!r}')
       node = node[part]
+    if leaf not in node:
+      raise ValueError(f'--set {item!r}: the config has no key {key!r}')
     node[leaf] = value
   return config
 
@@ -80,6 +87,7 @@ def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrid
          config=None) -> Loaded:
   """A training workdir (its checkpoint `step`, default the latest; EMA by default), an export directory, or
   with `config` a bare params directory (a converter's output: PIDM's released weights)."""
+  given_config = config is not None
   config = run_weights.read_config(path) if config is None else config
   with config.unlocked():
     for key, value in (sample_overrides or {}).items():
@@ -88,10 +96,15 @@ def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrid
         config[section][name] = value
   mesh = sharding.make_mesh(config.mesh)
   guide_dir = None
-  if not run_weights.is_export(path) and not os.path.isdir(os.path.join(path, 'checkpoints')):
+  bare = not run_weights.is_export(path) and not os.path.isdir(os.path.join(path, 'checkpoints'))
+  if bare and os.path.isfile(os.path.join(path, 'config.json')) and not given_config:
+    raise FileNotFoundError(f'{path} is a training workdir without checkpoints/ yet: train it first')
+  if bare:
     model = factory.build_model(config)
-    abstract = train_state.abstract_state(model, train_state.make_optimizer(config), config, jax.random.key(0))
-    params = jax.tree.map(np.asarray, checkpoint.load_params(path, abstract['params']))
+    # Fresh parameters for what a B1 tree lacks (b2 / full from PIDM's converted weights: checkpoint.load_params).
+    fresh = train_state.init_state(model, train_state.make_optimizer(config), config, jax.random.key(0))['params']
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fresh)
+    params = jax.tree.map(np.asarray, checkpoint.load_params(path, abstract, fresh_params=fresh))
     what, step_done = f'params {path}', -1
   elif run_weights.is_export(path):
     params = run_weights.load_export_params(path, config)
@@ -146,7 +159,9 @@ def generate(run: Loaded, rows: list[dict], *, seed: int, batch_size: int, share
   results = []
   for b, start in enumerate(range(0, len(rows), batch_size)):
     chunk = rows[start:start + batch_size]
-    images = sampler(run.params, host_batch(chunk, batch_size, run.hw), jax.random.fold_in(key, b))
+    # Shared noise must hold across batches too (a long sequence spans several): one key for all of them.
+    batch_key = key if shared_noise else jax.random.fold_in(key, b)
+    images = sampler(run.params, host_batch(chunk, batch_size, run.hw), batch_key)
     results += list(visualize.to_uint8(np.asarray(images[:len(chunk)])))
     if progress is not None:
       progress(len(results), len(rows))

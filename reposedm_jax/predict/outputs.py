@@ -1,5 +1,6 @@
 """predict's outputs (side-by-side PNGs, sequence GIF / MP4) and garment-editing masks."""
 
+import logging
 import os
 
 import numpy as np
@@ -44,9 +45,13 @@ def write_mp4(path: str, frames_u8, fps: float) -> str | None:
   h, w = frames[0].shape[:2]
   # yuv420p needs even sides: pad with the last row / column rather than rescale.
   frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode='edge') for f in frames]
-  with imageio.get_writer(path, fps=fps, codec='libx264', pixelformat='yuv420p', macro_block_size=1) as writer:
-    for f in frames:
-      writer.append_data(f)
+  try:
+    with imageio.get_writer(path, fps=fps, codec='libx264', pixelformat='yuv420p', macro_block_size=1) as writer:
+      for f in frames:
+        writer.append_data(f)
+  except Exception as e:  # noqa: BLE001 -- a missing or broken ffmpeg: the GIF and PNGs are still there
+    logging.warning('MP4 not written (%s: %s); the GIF and the frames are', type(e).__name__, e)
+    return None
   return path
 
 
