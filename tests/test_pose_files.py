@@ -126,3 +126,16 @@ def test_interpolation_ends_on_both_poses_and_drops_joints_missing_at_either_end
   np.testing.assert_allclose(frames[-1][1:17], b[1:17])
   np.testing.assert_allclose(frames[2][1:17], KPTS[1:17] + 5)
   assert all((f[0] == -1).all() and (f[17] == -1).all() for f in frames)
+
+
+def test_a_pose_folder_is_in_frame_order_and_a_market_csv_takes_its_frame(tmp_path):
+  from reposedm_jax.predict import __main__ as predict_cli
+  for n in ('f_10.json', 'f_2.json', 'f_1.json', 'notes.md'):
+    (tmp_path / n).write_text('{}')
+  assert [p.rsplit('/', 1)[-1] for p in predict_cli.expand_poses([str(tmp_path)])] == ['f_1.json', 'f_2.json',
+                                                                                       'f_10.json']
+  ys, xs = [int(v) // 2 for v in KPTS[:, 1]], [int(v) // 2 for v in KPTS[:, 0]]
+  ys[17] = xs[17] = -1
+  (tmp_path / 'market.csv').write_text(f'name:keypoints_y:keypoints_x\na.jpg: {json.dumps(ys)}: {json.dumps(xs)}\n')
+  view = inputs.target_view(str(tmp_path / 'market.csv'), (128, 64), crop='resize', pose_frame=(128, 64))
+  np.testing.assert_allclose(view.kpts[:17], np.stack([xs, ys], 1)[:17])  # no rescale: its own frame

@@ -17,6 +17,7 @@ frames/, sequence.gif and sequence.mp4, and predict.json (every input, crop and 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -41,7 +42,8 @@ def build_parser():
   p.add_argument('--source-pose', default='', help='pose file of the source photo (default: BlazePose)')
   p.add_argument('--pose', action='append', default=[], help='target pose: a pose file, a photo, a folder or a '
                  'JSON list of them (repeatable)')
-  p.add_argument('--pose-frame', default='', help='HxW of the image an OpenPose JSON was made on')
+  p.add_argument('--pose-frame', default='', help='HxW of the image an OpenPose JSON was made on, or of a '
+                 'keypoint CSV that is not PATN\'s 256x176 (Market-1501: 128x64)')
   p.add_argument('--min-confidence', type=float, default=0.1, help='OpenPose joints below it are missing')
   p.add_argument('--interpolate', type=int, default=0, help='N frames between the first two poses (sequence)')
   p.add_argument('--fps', type=float, default=8.0)
@@ -73,7 +75,9 @@ def expand_poses(specs):
   out = []
   for spec in specs:
     if os.path.isdir(spec):
-      names = sorted(n for n in os.listdir(spec) if os.path.splitext(n)[1].lower() in FORMATS + inputs.PHOTO_EXTENSIONS)
+      # Natural order (frame_2 before frame_10), as a sequence's frames are numbered.
+      names = sorted((n for n in os.listdir(spec) if os.path.splitext(n)[1].lower() in FORMATS + inputs.PHOTO_EXTENSIONS),
+                     key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', n)])
       if not names:
         raise BadExampleError(spec, 'no pose file or photo in this folder')
       out += [os.path.join(spec, n) for n in names]

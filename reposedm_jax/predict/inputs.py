@@ -145,7 +145,8 @@ def target_view(spec: str, out_hw, *, crop: str = 'person', photo_poses=None, po
                 spec, photo_poses.name)
   kpts, frame = pose_files.read_pose_file(spec, min_confidence)
   kpts, frame = _frame_pixels(kpts, frame)
-  if frame is None and pose_frame is not None:
+  # --pose-frame: the size of a frameless JSON's image, or of a CSV that is not PATN's 256x176 (Market: 128x64).
+  if pose_frame is not None and (frame is None or '.csv' in spec.lower()):
     frame = tuple(pose_frame)
   return View(_to_model(kpts, frame, out_hw, crop, aspect_hw=aspect_hw), None, spec, os.path.splitext(spec.split('.csv:')[0])[1] or spec)
 
