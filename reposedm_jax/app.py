@@ -13,6 +13,7 @@ test images and poses from `--data` (which works without BlazePose).
 import argparse
 import glob
 import os
+import shutil
 import tempfile
 
 from reposedm_jax.data import names
@@ -37,9 +38,20 @@ def dataset_examples(data: str, limit: int = 40) -> dict:
   return out
 
 
+KEEP_REQUESTS = 20
+
+
+def _prune(out_root: str) -> None:
+  """Keeps the newest KEEP_REQUESTS request folders (a long-running demo must not fill the disk)."""
+  dirs = sorted((os.path.join(out_root, d) for d in os.listdir(out_root)), key=os.path.getmtime)
+  for d in dirs[:-KEEP_REQUESTS]:
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def transfer(model, photo_poses, examples, *, source_photo, source_example, pose_photo, pose_file, pose_example,
              steps, seed, frames, out_root):
   """One request: (result PNG, side-by-side PNG, GIF or None, a status line)."""
+  _prune(out_root)
   argv = ['--workdir', 'unused', '--out', tempfile.mkdtemp(dir=out_root), '--seed', str(int(seed))]
   if steps:  # the model is loaded once: the sampling steps are set on its config (one sampler per value)
     with model.config.unlocked():
@@ -47,8 +59,10 @@ def transfer(model, photo_poses, examples, *, source_photo, source_example, pose
   if source_photo:
     argv += ['--source', source_photo]
   elif source_example:
+    # A dataset image is already in the model's frame: resized as the loaders do (a photo pose still gets the
+    # person crop).
     argv += ['--source', examples[source_example][0], '--source-pose', examples[source_example][1],
-             '--crop', 'resize']
+             '--crop', 'resize', '--pose-crop', 'person']
   else:
     return None, None, None, 'Choose a source photo or an example.'
   target = pose_photo or pose_file or (examples[pose_example][1] if pose_example else '')
@@ -122,7 +136,11 @@ def main(argv=None):
   out_root = tempfile.mkdtemp(prefix='reposedm_app_')
   app = build_app(model, photo_poses, dataset_examples(args.data), out_root)
   print(f'RePoseDM-JAX app on http://{args.host}:{args.port} ({model.description})', flush=True)
-  app.launch(server_name=args.host, server_port=args.port, allowed_paths=[out_root])
+  try:
+    app.launch(server_name=args.host, server_port=args.port, allowed_paths=[out_root])
+  finally:
+    photo_poses.close()
+    shutil.rmtree(out_root, ignore_errors=True)
 
 
 if __name__ == '__main__':

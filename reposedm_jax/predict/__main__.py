@@ -51,6 +51,8 @@ def build_parser():
   p.add_argument('--garment-pose', default='', help='pose file of --garment (default: BlazePose)')
   p.add_argument('--mask', default='upper', help='editing: PNG mask (white = regenerate) or upper / lower')
   p.add_argument('--crop', default='person', choices=inputs.CROPS)
+  p.add_argument('--pose-crop', default='', choices=('',) + inputs.CROPS,
+                 help='crop of the target poses when it differs from --crop (default: the same)')
   p.add_argument('--crop-aspect', default='', help='HxW: crop at this aspect and stretch into the model frame '
                  '(256x176 for PIDM\'s released 256x256 weights, trained on stretched DeepFashion images)')
   p.add_argument('--out', required=True)
@@ -160,7 +162,7 @@ def _run(args, model, photo_poses) -> dict:
   specs = expand_poses(args.pose)
   if not specs:
     raise BadExampleError('--pose', 'no target pose given')
-  targets = [inputs.target_view(s, hw, crop=args.crop, photo_poses=photo_poses, aspect_hw=aspect,
+  targets = [inputs.target_view(s, hw, crop=args.pose_crop or args.crop, photo_poses=photo_poses, aspect_hw=aspect,
                                 pose_frame=_frame(args.pose_frame, '--pose-frame'),
                                 min_confidence=args.min_confidence) for s in specs]
   # A sequence (shared noise, GIF / MP4): interpolation, or a folder / JSON list of poses.
