@@ -139,3 +139,13 @@ def test_a_pose_folder_is_in_frame_order_and_a_market_csv_takes_its_frame(tmp_pa
   (tmp_path / 'market.csv').write_text(f'name:keypoints_y:keypoints_x\na.jpg: {json.dumps(ys)}: {json.dumps(xs)}\n')
   view = inputs.target_view(str(tmp_path / 'market.csv'), (128, 64), crop='resize', pose_frame=(128, 64))
   np.testing.assert_allclose(view.kpts[:17], np.stack([xs, ys], 1)[:17])  # no rescale: its own frame
+
+
+def test_npy_recovery_with_a_single_limb_at_the_neck():
+  """Only the neck-shoulder limb and that arm drawn: the neck is the end the arm does not touch."""
+  k = np.full_like(KPTS, -1)
+  k[[1, 2, 3, 4]] = KPTS[[1, 2, 3, 4]]
+  tensor = pose.render_pidm_pose(k, 256, 176)
+  rec = pose_files.keypoints_from_pose_tensor(tensor)
+  np.testing.assert_allclose(rec[[1, 2, 3, 4]], k[[1, 2, 3, 4]], atol=2.5)
+  assert (rec[[0, 5, 8, 11]] == -1).all()

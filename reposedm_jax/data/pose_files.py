@@ -130,10 +130,15 @@ def keypoints_from_pose_tensor(tensor: np.ndarray, where: str = 'pose tensor') -
   # The limbs form a tree rooted at the neck (joint 1); walk it so each limb's end nearest its parent joint is
   # that joint. The neck itself: the end shared by most of its limbs (the one nearest the others' ends).
   neck_limbs = [i for i in ends if 1 in OPENPOSE_LIMBS[i] and ends[i][0] is not None]
-  if neck_limbs:
+  if len(neck_limbs) > 1:
     cands = np.array([e for i in neck_limbs for e in ends[i][:2]])
     dist = np.linalg.norm(cands[:, None] - cands[None], axis=-1)
     kpts[1] = cands[np.argmin(np.sort(dist, axis=1)[:, :len(neck_limbs)].sum(axis=1))]
+  elif neck_limbs:  # one neck limb: its child joint is where the other drawn limbs attach, the neck the far end
+    e0, e1, _ = ends[neck_limbs[0]]
+    others = [p for j, (a, b, c) in ends.items() if j != neck_limbs[0] for p in ((a, b) if a is not None else (c,))]
+    near = lambda e: min((np.linalg.norm(e - p) for p in others), default=0.0)
+    kpts[1] = e0 if near(e0) >= near(e1) else e1
   votes = {j: [] for j in range(NUM_OPENPOSE)}
   placed = {1} if neck_limbs else set()
   pending = sorted(ends)
