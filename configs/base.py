@@ -15,7 +15,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # What main.py does: 'train' | 'sample' | 'eval' | 'prepare' (tfds ArrayRecord build).
+  # What main.py does: 'train' | 'sample' | 'eval' | 'prepare' (tfds ArrayRecord build) | 'train_pose' (the PIF /
+  # judge estimator) | 'reid_train' | 'reid_eval' | 'reid_augment' (re-ID and the paper's Table 4: config.reid).
   config.mode = 'train'
   # Model family / ablation: 'b1' (PIDM), 'b2' (B1 + RPA), 'full' (RePoseDM = B2 + PIF gradient guidance).
   config.variant = 'b1'
@@ -99,6 +100,24 @@ def get_config() -> ml_collections.ConfigDict:
   # Rematerialise U-Net blocks in the backward pass: 'none', 'full' (least memory, ~1 extra forward) or
   # 'dots_saveable' (keeps conv/matmul outputs, recomputes norms and activations).
   model.remat = 'none'
+  # Where diffusion runs: 'pixel' (images, the default: Market-1501's 128x64 has too few latents) or 'latent'
+  # (the paper's VAE space, config.latent): targets and sources are encoded by a frozen AutoencoderKL, the U-Net
+  # and RPA work on its latents (set image_channels to its latent channels), PIF decodes x̂0 (eq. 10).
+  model.space = 'pixel'
+
+  # ---------------------------------------------------------------- latent space (model.space='latent')
+  latent = config.latent = ml_collections.ConfigDict()
+  # A `python -m reposedm_jax.convert vae` output dir (params/ + vae.json): SD's kl-f8 VAE, frozen.
+  latent.vae_dir = ''
+  # Without vae_dir: randomly initialised weights of this preset ('tiny' | 'sd'), for tests and CPU smoke runs
+  # only (a random VAE does not reconstruct; the run logs a warning). '' = vae_dir is required.
+  latent.random_preset = ''
+  # Targets: the posterior mean (default, deterministic) or a sample of N(mean, exp(logvar)) per step (LDM).
+  latent.sample_posterior = False
+  # The pose map at latent resolution: 'resize' (the 20-channel map area-resampled: keeps each joint's channel)
+  # or 'encode' (HumanSD / the paper's reading: an RGB rendering of the map through the VAE encoder;
+  # model.pose_channels must then be the latent channels).
+  latent.pose = 'resize'
 
   # ---------------------------------------------------------------- RPA (variant b2 and up)
   rpa = config.rpa = ml_collections.ConfigDict()
@@ -287,6 +306,48 @@ def get_config() -> ml_collections.ConfigDict:
   sample.grids = True
   # For RPA variants: also save source | warped by F^0..F^N | target strips under samples/rpa_strips/.
   sample.rpa_strips = True
+
+
+  # ---------------------------------------------------------------- re-ID (mode=reid_train | reid_eval | reid_augment)
+  reid = config.reid = ml_collections.ConfigDict()
+  # Market-1501 root with bounding_box_train/, query/, bounding_box_test/ ('' = data.root). reid_augment reads the
+  # training images' keypoints from data.root's <csv_prefix>-annotation-train.csv (PATN convention).
+  reid.root = ''
+  reid.csv_prefix = 'market'
+  # ImageNet ResNet-50 from `python -m reposedm_jax.convert resnet` ('' = random init, with a warning).
+  reid.backbone_dir = ''
+  reid.height, reid.width = 256, 128
+  reid.last_stride = 1
+  # Bottlenecks per ResNet stage: ResNet-50 (3, 4, 6, 3); fewer for CPU tests (then no ImageNet weights).
+  reid.blocks = (3, 4, 6, 3)
+  # 'id' (softmax + label smoothing), 'id+triplet' (+ batch-hard triplet), 'id+triplet+center' (+ centre loss).
+  reid.loss = 'id'
+  reid.label_smoothing = 0.1
+  reid.triplet_margin = 0.3
+  reid.center_weight = 5e-4
+  reid.center_lr = 0.5
+  # P identities x K images per batch.
+  reid.ids_per_batch = 16
+  reid.images_per_id = 4
+  reid.num_steps = 12_000  # ~120 epochs of Market's 12,936 images at 64 per batch (the recipe's schedule)
+  reid.lr = 3.5e-4
+  reid.warmup_steps = 1_000
+  reid.decay_steps = (4_000, 7_000)
+  reid.weight_decay = 5e-4
+  reid.flip_prob = 0.5
+  reid.pad = 10
+  reid.erase_prob = 0.5
+  reid.metric = 'euclidean'
+  reid.eval_batch_size = 64
+  reid.log_every = 100
+  reid.ckpt_every = 1_000
+  # reid_augment: real fractions p, generated images per real one, the pose-transfer run that generates them
+  # (a training workdir or an export), its sampling steps (-1 = the run's own), images per generation batch.
+  reid.fractions = (0.2, 0.4, 0.6, 0.8)
+  reid.generated_per_real = 1.0
+  reid.generator = ''
+  reid.generate_steps = -1
+  reid.generate_batch = 16
 
   # ---------------------------------------------------------------- evaluation
   evaluate = config.eval = ml_collections.ConfigDict()

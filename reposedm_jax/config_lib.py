@@ -10,15 +10,16 @@ import os
 
 import jax
 
-from reposedm_jax import pif, pose_estimator, rpa_training, sample
+from reposedm_jax import latent, pif, pose_estimator, rpa_training, sample
 from reposedm_jax.data import dataset, deepfashion, errors
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.metrics import lpips, pose_accuracy, ssim
 from reposedm_jax.models import aligned, b2, factory, hrnet, layers, unet
+from reposedm_jax.reid import train as reid_train
 
 # config.mode: the job main.py runs.
-MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose')
+MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose', 'reid_train', 'reid_eval', 'reid_augment')
 
 
 class ConfigError(ValueError):
@@ -61,7 +62,8 @@ def validate(config) -> None:
          'must be > 0', p)
   _check(r.pretrain_steps >= 0, f'rpa.pretrain_steps={r.pretrain_steps} must be >= 0', p)
   _check(r.lr_mult_after_pretrain >= 0, f'rpa.lr_mult_after_pretrain={r.lr_mult_after_pretrain} must be >= 0', p)
-  _check(r.ds >= 2 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 2', p)
+  # ds = 1: RPA at the input's own resolution (latent mode: the latents are already 1/8 of the image).
+  _check(r.ds >= 1 and r.ds & (r.ds - 1) == 0, f'rpa.ds={r.ds} must be a power of two >= 1', p)
   _check(r.dim % r.heads == 0, f'rpa.dim={r.dim} must be divisible by rpa.heads={r.heads}', p)
   d = config.data
   _check(d.format in dataset.FORMATS, f'config.data.format={d.format!r} must be one of {dataset.FORMATS}', p)
@@ -94,6 +96,9 @@ def validate(config) -> None:
   _check(m.attention in layers.ATTENTION_IMPLS,
          f'model.attention={m.attention!r} must be one of {layers.ATTENTION_IMPLS}', p)
   _check(m.remat in layers.REMAT_POLICIES, f'model.remat={m.remat!r} must be one of {tuple(layers.REMAT_POLICIES)}', p)
+  _check(m.space in latent.SPACES, f'model.space={m.space!r} must be one of {latent.SPACES}', p)
+  if m.space == 'latent':
+    _validate_latent(config, p)
   t = config.train
   n_dev = jax.device_count()
   per_pair = 2 if d.both_directions else 1
@@ -119,6 +124,8 @@ def validate(config) -> None:
   if config.init_from:
     _check(os.path.exists(config.init_from), f'config.init_from={config.init_from!r} does not exist', p)
   _validate_pose(config, n_dev, p)
+  if config.mode.startswith('reid_'):
+    _validate_reid(config, p)
   if p:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(p))
 
@@ -147,6 +154,47 @@ def validate_eval(eval_cfg) -> None:
   p = eval_problems(eval_cfg)
   if p:
     raise ConfigError('Invalid eval config:\n  - ' + '\n  - '.join(p))
+
+
+def _validate_reid(config, p: list[str]) -> None:
+  r = config.reid
+  _check(r.loss in reid_train.LOSSES, f'reid.loss={r.loss!r} must be one of {reid_train.LOSSES}', p)
+  _check(r.metric in ('euclidean', 'cosine'), f"reid.metric={r.metric!r} must be 'euclidean' or 'cosine'", p)
+  _check(all(0 < f <= 1 for f in r.fractions), f'reid.fractions={tuple(r.fractions)} must lie in (0, 1]', p)
+  _check(r.ids_per_batch >= 2 and r.images_per_id >= 1,
+         f'reid.ids_per_batch={r.ids_per_batch} must be >= 2 and reid.images_per_id={r.images_per_id} >= 1', p)
+  _check(r.height % 16 == 0 and r.width % 16 == 0, f'reid.height x width = {r.height} x {r.width} must be '
+         'multiples of 16 (ResNet-50 with last stride 1)', p)
+  for key in ('num_steps', 'log_every', 'ckpt_every', 'eval_batch_size', 'generate_batch'):
+    _check(r[key] > 0, f'reid.{key}={r[key]} must be positive', p)
+  if r.backbone_dir:
+    _check(os.path.isdir(r.backbone_dir), f'reid.backbone_dir={r.backbone_dir!r} is not a directory', p)
+    _check(tuple(r.blocks) == (3, 4, 6, 3), f'reid.blocks={tuple(r.blocks)}: ImageNet weights (reid.backbone_dir) '
+           'are ResNet-50\'s (3, 4, 6, 3)', p)
+  if config.mode == 'reid_augment':
+    _check(bool(r.generator) and os.path.isdir(r.generator),
+           f'reid.generator={r.generator!r}: mode=reid_augment needs a pose-transfer workdir or export', p)
+
+
+def _validate_latent(config, p: list[str]) -> None:
+  lc, m, d = config.latent, config.model, config.data
+  _check(lc.pose in latent.POSE_MODES, f'latent.pose={lc.pose!r} must be one of {latent.POSE_MODES}', p)
+  try:
+    vc = latent.vae_config(config)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    p.append(str(e))
+    return
+  f = vc.downsample
+  _check(d.height % f == 0 and d.width % f == 0,
+         f'model.space=latent: data.height x width = {d.height} x {d.width} must be divisible by the VAE\'s '
+         f'downsample factor {f}', p)
+  _check(m.image_channels == vc.latent_channels,
+         f'model.space=latent: model.image_channels={m.image_channels} must equal the VAE\'s latent channels '
+         f'{vc.latent_channels}', p)
+  if lc.pose == 'encode':
+    _check(m.pose_channels == vc.latent_channels,
+           f'latent.pose=encode: model.pose_channels={m.pose_channels} must equal the VAE\'s latent channels '
+           f'{vc.latent_channels}', p)
 
 
 def _validate_pose(config, n_dev: int, p: list[str]) -> None:

@@ -62,6 +62,12 @@ def run_mode(config, workdir: str):
   if config.mode == 'train_pose':
     from reposedm_jax import pose_train
     return pose_train.train_pose(config, workdir)
+  if config.mode in ('reid_train', 'reid_eval'):
+    from reposedm_jax.reid import train as reid_train
+    return (reid_train.run_train if config.mode == 'reid_train' else reid_train.run_eval)(config, workdir)
+  if config.mode == 'reid_augment':
+    from reposedm_jax.reid import augment
+    return augment.run_augment(config, workdir)
   if config.mode == 'prepare':
     from reposedm_jax.data import tfds_builder
     prepared = tfds_builder.prepare(config.data)

@@ -14,7 +14,8 @@ Readings (WORKSPACE.md, "PIF"):
   (rendered from the target keypoints: all that exists at sampling time), W_h = 1[Σ_k H_k(P̃) > threshold]
   ∪ 1[Σ_k R_k > threshold] (the target's support too, so a missing limb is pulled in), or `'features'`
   (estimator features of the ground-truth target; training only).
-- ∇G is taken w.r.t. P̃ with `jax.grad` (estimator frozen); in pixel space D is the identity.
+- ∇G is taken w.r.t. P̃ with `jax.grad` (estimator frozen); in pixel space D is the identity, in latent mode
+  heat_fn decodes first (latent.Space.pixel_heat_fn), so ∇G is w.r.t. the latent through the decoder (eq. 10).
 - Eq. 15: ε̃ = ε_θ + s sqrt(1-ᾱ_t) ∇G; eq. 16: `eq16`. Adding ∇G to ε moves x̂0 along -∇G (downhill).
 - Training (`pif.train_mode`): 'off' (RePoseDM = B2's training + eq. 16 at sampling), 'literal' (eq. 15
   inside the loss: with ∇G a constant in θ, ‖ε − ε_θ − c‖² is minimised at ε_θ = ε* − c, so the network
@@ -121,16 +122,17 @@ def g_phi(pred: Dict[str, jax.Array], ref: jax.Array, *, threshold: float, refer
     target_support: also weight where the reference heatmaps exceed the threshold ('heatmaps' only).
     normalize: 'sum' (eq. 11 as written) | 'area' (divided by the map's h·w).
   """
-  heat = pred['heatmaps'].astype(jnp.float32)
+  acc = jnp.promote_types(pred['heatmaps'].dtype, jnp.float32)  # at least float32 (float64 in gradient checks)
+  heat = pred['heatmaps'].astype(acc)
   mask = interaction_mask(heat, threshold)
   if reference == 'heatmaps':
     if target_support:
-      mask = jnp.maximum(mask, interaction_mask(ref, threshold))
-    diff = heat - ref.astype(jnp.float32)
+      mask = jnp.maximum(mask, interaction_mask(ref.astype(acc), threshold))
+    diff = heat - ref.astype(acc)
   elif reference == 'features':
-    feats = pred['features'].astype(jnp.float32)
+    feats = pred['features'].astype(acc)
     mask = _resize_mask(mask, feats.shape[1:3])
-    diff = feats - ref.astype(jnp.float32)
+    diff = feats - ref.astype(acc)
   else:
     raise ValueError(f'pif.reference must be one of {REFERENCES}, got {reference!r}')
   g = jnp.sum(mask * jnp.square(diff), axis=(1, 2, 3))
@@ -222,7 +224,8 @@ def _guided_rows(pcfg, b: int) -> int:
   return max(1, min(b, math.ceil(pcfg.train_fraction * b - 1e-9)))
 
 
-def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x_t, t, noise, batch):
+def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x_t, t, noise, batch,
+                image_hw=None, clip: bool = True):
   """PIF in a training step, by `pif.train_mode` ('literal' | 'penalty'; 'off' never calls this).
 
   Guidance runs on the first ceil(train_fraction * B) rows only (static, so the cost is bounded) and is
@@ -233,7 +236,10 @@ def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x
     heat_fn, heads: the frozen estimator (module docstring).
     out: [B, H, W, 2C] model output (ε_θ, v).
     sched: the training Schedule; x_t, t, noise: the step's noisy input, indices and true noise.
-    batch: the global batch (tgt_kpts, and tgt_img for reference='features').
+    batch: the global batch (tgt_kpts at `image_hw`, and tgt_img in the model's space for reference='features').
+    image_hw: (H, W) of the images heat_fn reads (default x_t's: pixel mode). Latent mode passes the pixel size
+      and a heat_fn that decodes first (latent.Space.pixel_heat_fn), with `clip=False`: x̂0 is clipped to
+      [-1, 1] only where it is an image.
 
   Returns:
     (out, extra_loss, metrics): 'literal' replaces ε_θ by eq. 15's ε̃ in the guided rows and adds no
@@ -246,12 +252,14 @@ def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x
   acp = jnp.asarray(sched.alphas_cumprod, jnp.float32)[t[:n]][:, None, None, None]
   active = (t[:n] <= pcfg.train_t_max).astype(jnp.float32)
   if pcfg.source == 'x0':
-    p_tilde = jnp.clip((x_t[:n] - jnp.sqrt(1.0 - acp) * eps[:n]) / jnp.sqrt(acp), -1.0, 1.0)
+    p_tilde = (x_t[:n] - jnp.sqrt(1.0 - acp) * eps[:n]) / jnp.sqrt(acp)
+    p_tilde = jnp.clip(p_tilde, -1.0, 1.0) if clip else p_tilde
   elif pcfg.source == 'residual':
     p_tilde = noise[:n] - eps[:n]
   else:
     raise ValueError(f'pif.source must be one of {SOURCES}, got {pcfg.source!r}')
-  ref = reference_for(pcfg, heat_fn, heads, batch['tgt_kpts'][:n], x_t.shape[1:3], tgt_img=batch['tgt_img'][:n])
+  image_hw = x_t.shape[1:3] if image_hw is None else tuple(image_hw)
+  ref = reference_for(pcfg, heat_fn, heads, batch['tgt_kpts'][:n], image_hw, tgt_img=batch['tgt_img'][:n])
   if pcfg.train_mode == 'penalty':
     g = g_phi(heat_fn(p_tilde), ref, **_g_kwargs(pcfg, pcfg.reference))
     extra = pcfg.penalty_weight * jnp.sum(active * g) / b
@@ -272,20 +280,21 @@ def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x
 
 
 def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_openpose: jax.Array,
-                        cfg_scale: float):
+                        cfg_scale: float, image_hw=None, clip: bool = True):
   """Eq. 16's third term as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
 
   `sched` is the schedule the sampler indexes (respaced for DDPM); guidance acts only where the
   schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur` x H. Only the
   target keypoints are used: no ground truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
+  `image_hw` / `clip`: as in `train_terms` (latent mode: the pixel size, and no clip of the latent x̂0).
   """
   scale = pcfg.sample_scale * (cfg_scale if pcfg.sample_times_cfg else 1.0)
   acp_table = jnp.asarray(sched.alphas_cumprod, jnp.float32)
   t_model = jnp.asarray(sched.timestep_map, jnp.int32)
 
   def guided(t_index, eps, pred_x0):
-    p_tilde = jnp.clip(pred_x0, -1.0, 1.0)
-    ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3], heads)
+    p_tilde = jnp.clip(pred_x0, -1.0, 1.0) if clip else pred_x0
+    ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3] if image_hw is None else tuple(image_hw), heads)
     _, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, 'heatmaps'))
     grad = low_pass(grad, pcfg.grad_blur * grad.shape[1])
     return eps + guidance_term(grad, acp_table[t_index], scale).astype(eps.dtype)

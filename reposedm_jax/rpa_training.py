@@ -119,7 +119,8 @@ def phased_optimizer(tx: optax.GradientTransformation, config) -> optax.Gradient
 def pretrain_step(state, batch, base_rng, *, model, tx, config):
   """One RPA-only step (steps < rpa.pretrain_steps): the auxiliary loss, no U-Net, EMA as usual.
 
-  Every row is kept (no CFG drop: the null condition means nothing to RPA alone).
+  Every row is kept (no CFG drop: the null condition means nothing to RPA alone). `batch` is in the model's
+  space (train.py converts a latent-mode batch first).
   """
   del base_rng  # RPA has no stochastic layers.
   tcfg = config.train

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from reposedm_jax import checkpoint, logs, pif, pose_estimator, sharding, train_state, visualize
+from reposedm_jax import checkpoint, latent, logs, pif, pose_estimator, sharding, train_state, visualize
 from reposedm_jax.data import dataset, names, pipeline
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
@@ -28,8 +28,12 @@ SAMPLERS = ('ddim', 'ddpm')
 EDIT_KEYS = ('edit_ref', 'edit_mask')
 
 
-def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_steps, shared_noise=False):
+def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched, config, num_steps,
+             shared_noise=False):
   """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`.
+
+  Latent mode (`vae_vars`, the frozen VAE): the source is encoded, the pose map and keypoints brought to latent
+  resolution (latent.Space.model_batch), sampling runs on latents and the result is decoded at the end.
 
   With `guide_vars` (variant full) every step adds PIF's gradient guidance (eq. 16), computed from the
   target keypoints `batch['tgt_kpts']` only. `shared_noise`: every row starts from the same x_T and draws the
@@ -37,8 +41,11 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
   editing, paper Fig. 4) the region outside the mask is the reference person, re-noised at every step.
   """
   scfg = config.sample
-  src, pose = batch['src_img'], batch['tgt_pose']
-  kpts = (batch['src_kpts'], batch['tgt_kpts'])  # B2's keypoint pre-warp (rpa.init_flow); B1 ignores them
+  space = latent.Space(config)
+  pixel_hw = batch['src_img'].shape[1:3]
+  mbatch = space.model_batch(vae_vars, {k: batch[k] for k in ('src_img', 'tgt_pose', 'src_kpts', 'tgt_kpts')})
+  src, pose = mbatch['src_img'], mbatch['tgt_pose']
+  kpts = (mbatch['src_kpts'], mbatch['tgt_kpts'])  # B2's keypoint pre-warp (rpa.init_flow); B1 ignores them
   variables = {'params': params}
   # The encoder runs once per sample, not once per step; the null condition is a zero image.
   feats_c = model.apply(variables, src, pose, train=False, kpts=kpts, method=model.encode_condition)
@@ -57,7 +64,10 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
       jax.random.normal(k_init, src.shape, jnp.float32)
   post = None
   if 'edit_ref' in batch:
-    post = samplers.inpaint_post_step(batch['edit_ref'], batch['edit_mask'], jax.random.fold_in(k_init, 1))
+    # Latent mode keeps a latent pixel generated when any of its image pixels is in the edit region.
+    edit_mask = latent.downsample_mask(batch['edit_mask'], space.factor) if space.latent else batch['edit_mask']
+    post = samplers.inpaint_post_step(space.encode(vae_vars, batch['edit_ref']), edit_mask,
+                                      jax.random.fold_in(k_init, 1))
   if scfg.sampler == 'ddim':
     s = sched
   elif scfg.sampler == 'ddpm':
@@ -66,42 +76,50 @@ def generate(params, batch, rng, guide_vars=None, *, model, sched, config, num_s
     raise ValueError(f'sample.sampler must be one of {SAMPLERS}, got {scfg.sampler!r}')
   correction = None
   if guide_vars is not None and config.pif.sample_scale != 0:  # s = 0: no guidance, and no gradient to pay for
-    correction = pif.sampling_correction(config.pif, pose_estimator.make_heat_fn(config, guide_vars),
-                                         pose_estimator.reference_heads(config), s, batch['tgt_kpts'],
-                                         scfg.guidance_scale)
+    heat_fn = space.pixel_heat_fn(pose_estimator.make_heat_fn(config, guide_vars), vae_vars)
+    correction = pif.sampling_correction(config.pif, heat_fn, pose_estimator.reference_heads(config), s,
+                                         batch['tgt_kpts'], scfg.guidance_scale, image_hw=pixel_hw,
+                                         clip=not space.latent)
+  # Latents are not bounded: x̂0 is clipped to [-1, 1] only in pixel space (the decoded image is clipped).
+  bounded = not space.latent
   if scfg.sampler == 'ddim':
-    return samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, clip_x0=scfg.ddim_clip_x0, rng=k_loop,
-                                eps_correction_fn=correction, shared_noise=shared_noise, post_step_fn=post)
-  return samplers.ddpm_sample(model_fn, s, x_t, k_loop, eps_correction_fn=correction, shared_noise=shared_noise,
-                              post_step_fn=post)
+    out = samplers.ddim_sample(model_fn, s, x_t, num_steps, eta=scfg.eta, clip_x0=scfg.ddim_clip_x0 and bounded,
+                               rng=k_loop, eps_correction_fn=correction, shared_noise=shared_noise,
+                               post_step_fn=post, clip_output=bounded)
+  else:
+    out = samplers.ddpm_sample(model_fn, s, x_t, k_loop, clip_x0=bounded, eps_correction_fn=correction,
+                               shared_noise=shared_noise, post_step_fn=post, clip_output=bounded)
+  return space.decode(vae_vars, out)
 
 
-def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, shared_noise: bool = False):
-  """Returns fn(params, host_batch, rng, guide=None) -> numpy [B, H, W, C]; B must divide over the mesh.
+def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, shared_noise: bool = False,
+                 vae_vars=None):
+  """Returns fn(params, host_batch, rng, guide=None, vae=None) -> numpy [B, H, W, C]; B must divide over the mesh.
 
   `shared_noise` and a host batch with `edit_ref` / `edit_mask`: see `generate`.
 
   `guide_vars` (the frozen estimator's variables) turns on PIF guidance; variant full passes them.
   The training loop passes the live `state['guide']` as `guide` on every call instead: its train step
-  donates the state, so the arrays given here at construction are deleted after the first step.
+  donates the state, so the arrays given here at construction are deleted after the first step. The same holds
+  for `vae_vars` (latent mode's frozen VAE) and `vae`.
   """
   repl = sharding.replicated(mesh)
   fn = jax.jit(functools.partial(generate, model=model, sched=sched, config=config, num_steps=num_steps,
                                  shared_noise=shared_noise),
-               in_shardings=(repl, sharding.batch_sharding(mesh), repl, repl),
+               in_shardings=(repl, sharding.batch_sharding(mesh), repl, repl, repl),
                out_shardings=sharding.batch_sharding(mesh))
   keys = ('src_img', 'tgt_pose', 'src_kpts', 'tgt_kpts')
   executables, compile_seconds = {}, []
 
-  def run(params, host_batch, rng, guide=None):
+  def run(params, host_batch, rng, guide=None, vae=None):
     batch = sharding.global_batch({k: host_batch[k] for k in keys + EDIT_KEYS if k in host_batch}, mesh)
-    args = (params, batch, rng, guide_vars if guide is None else guide)
+    args = (params, batch, rng, guide_vars if guide is None else guide, vae_vars if vae is None else vae)
     if jax.process_count() > 1:  # global arrays cannot be device_put here; jit places them (compile untimed)
       return sharding.process_local(fn(*args))
     # An executable checks its inputs' shardings (jit would reshard): restored weights may sit on one
     # device, so they are put where it expects them (a no-op when they are already replicated).
-    placed = jax.device_put((args[0], args[2], args[3]), repl)
-    args = (placed[0], batch, placed[1], placed[2])
+    placed = jax.device_put((args[0], args[2], args[3], args[4]), repl)
+    args = (placed[0], batch, placed[1], placed[2], placed[3])
     # Compiled ahead of time per input signature, so the compile is timed apart from the sampling it serves.
     sig = tuple((a.shape, a.dtype) for a in jax.tree.leaves(batch))
     if sig not in executables:
@@ -115,8 +133,12 @@ def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, sh
   return run
 
 
-def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
-  """EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`."""
+def load_sampling_state(config, workdir: str, mesh, guide_vars=None):
+  """(model, params, step, vae): EMA (or raw) params of the workdir's latest checkpoint, else `config.init_from`.
+
+  `vae` (latent mode, else None) is the frozen VAE the checkpoint was trained with; from `config.latent` for
+  init_from weights.
+  """
   model = factory.build_model(config)
   tx = train_state.make_optimizer(config)
   init_rng, _ = jax.random.split(jax.random.key(config.seed))
@@ -128,10 +150,19 @@ def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
   state = checkpoint.restore_latest(manager, abstract, weights_only=True)
   manager.close()
   if state is not None:
-    return model, state['ema_params' if config.sample.use_ema else 'params'], int(state['step'])
+    if latent.enabled(config) and 'vae' not in state:
+      raise ValueError(f'{workdir} was trained in pixel space (its checkpoint holds no VAE); drop '
+                       '--config.model.space=latent or use a latent-mode workdir')
+    vae = state.get('vae') if latent.enabled(config) else None
+    return model, state['ema_params' if config.sample.use_ema else 'params'], int(state['step']), vae
   if config.init_from:
-    return model, checkpoint.load_params(config.init_from, abstract['params']), 0
+    return model, checkpoint.load_params(config.init_from, abstract['params']), 0, latent.load_vae_variables(config)
   raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints and config.init_from is empty.')
+
+
+def load_sampling_params(config, workdir: str, mesh, guide_vars=None):
+  """(model, params, step) of `load_sampling_state` (pixel-mode callers)."""
+  return load_sampling_state(config, workdir, mesh, guide_vars)[:3]
 
 
 def run_sample(config, workdir: str) -> str:
@@ -139,9 +170,10 @@ def run_sample(config, workdir: str) -> str:
   scfg = config.sample
   mesh = sharding.make_mesh(config.mesh)
   guide_vars = pose_estimator.load_guide_variables(config, workdir) if config.variant == 'full' else None
-  model, params, step = load_sampling_params(config, workdir, mesh, guide_vars)
+  model, params, step, vae_vars = load_sampling_state(config, workdir, mesh, guide_vars)
   sched = linear_schedule(config.diffusion.timesteps, config.diffusion.beta_start, config.diffusion.beta_end)
-  sampler = make_sampler(model, sched, config, mesh, scfg.num_steps, guide_vars=guide_vars)
+  sampler = make_sampler(model, sched, config, mesh, scfg.num_steps, guide_vars=guide_vars, vae_vars=vae_vars)
+  space = latent.Space(config)
   split = dataset.load_split(config.data, 'test')
   limit = scfg.num if scfg.num >= 0 else config.data.max_test_pairs
   n = len(split) if limit < 0 else min(limit, len(split))
@@ -154,7 +186,12 @@ def run_sample(config, workdir: str) -> str:
                 f'{pif_note}, from step {step} ({"EMA" if scfg.use_ema else "raw"} params)')
   strip_fn = None
   if hasattr(model, 'alignment_strip') and scfg.rpa_strips:
-    strip_fn = jax.jit(lambda p, s, q, k: model.apply({'params': p}, s, q, k, method=model.alignment_strip))
+    def strip_images(p, src, pose, kpts):  # latent mode: RPA warps latents; the strip shows them decoded
+      m = space.model_batch(vae_vars, {'src_img': src, 'tgt_pose': pose, 'src_kpts': kpts[0], 'tgt_kpts': kpts[1]})
+      strip = model.apply({'params': p}, m['src_img'], m['tgt_pose'], (m['src_kpts'], m['tgt_kpts']),
+                          method=model.alignment_strip)
+      return jax.vmap(lambda z: space.decode(vae_vars, z))(strip) if space.latent else strip
+    strip_fn = jax.jit(strip_images)
   manifest, align_err = [], []
   rng = jax.random.key(scfg.seed)
   total = -(-n // per_process // jax.process_count())

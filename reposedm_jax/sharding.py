@@ -144,8 +144,8 @@ def fsdp_spec(shape, axis_size: int, axis: str, min_size: int) -> P:
 def state_shardings(abstract_state, mesh: Mesh, fsdp_axis: str = '', min_size: int = 0):
   """NamedShardings for a train-state pytree: replicated, or FSDP over `fsdp_axis` ('' = off).
 
-  params, opt_state and ema_params are split leaf by leaf with `fsdp_spec`; the frozen
-  'guide' estimator (variant full) stays replicated.
+  params, opt_state and ema_params are split leaf by leaf with `fsdp_spec`; the frozen parts ('guide', PIF's
+  estimator; 'vae', latent mode's autoencoder) stay replicated: every device runs them on its own rows.
   """
   if not fsdp_axis:
     return jax.tree.map(lambda _: replicated(mesh), abstract_state)
@@ -153,7 +153,7 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp_axis: str = '', min_size: i
     raise ValueError(f'config.fsdp_axis={fsdp_axis!r} is not an axis of config.mesh {tuple(mesh.axis_names)}')
   n = mesh.shape[fsdp_axis]
   rule = lambda a: NamedSharding(mesh, fsdp_spec(a.shape, n, fsdp_axis, min_size))  # noqa: E731
-  return {k: (jax.tree.map(lambda _: replicated(mesh), v) if k == 'guide' else jax.tree.map(rule, v))
+  return {k: (jax.tree.map(lambda _: replicated(mesh), v) if k in ('guide', 'vae') else jax.tree.map(rule, v))
           for k, v in abstract_state.items()}
 
 

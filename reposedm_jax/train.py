@@ -16,13 +16,16 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from reposedm_jax import checkpoint, logs, pif, pose_estimator, rpa_training, sharding, train_state, visualize
+from reposedm_jax import checkpoint, latent, logs, pif, pose_estimator, rpa_training, sharding, train_state, visualize
 from reposedm_jax import sample as sample_lib
 from reposedm_jax.data import dataset, pipeline
 from reposedm_jax.diffusion import gaussian
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
 
+
+# Frozen parts of the state, loaded from their own files and never updated: PIF's estimator, latent mode's VAE.
+FROZEN = ('guide', 'vae')
 
 # ----------------------------------------------------------------------------- update step
 
@@ -46,38 +49,46 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   step = state['step']
   rng = jax.random.fold_in(base_rng, step)
   k_inputs, k_dropout = jax.random.split(rng)
-  x0 = batch['tgt_img']
+  k_vae = latent.vae_key(rng)
+  # Latent mode: the frozen VAE (state['vae']) encodes both images; pixel mode passes the batch through.
+  space = latent.Space(config)
+  mbatch = space.model_batch(state.get('vae'), batch, k_vae)
+  x0 = mbatch['tgt_img']
   t, noise, keep = draw_step_inputs(k_inputs, x0, sched.num_timesteps, tcfg.cond_drop_prob)
   x_t = gaussian.q_sample(sched, x0, t, noise)
-  # CFG training: the null condition is an all-zero (mid-grey) source image, as PIDM.
-  src = batch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
+  # CFG training: the null condition is an all-zero source (a mid-grey image; a zero latent), as PIDM.
+  src = mbatch['src_img'] * keep[:, None, None, None].astype(x0.dtype)
 
-  # RePoseDM (variant full): the frozen estimator rides in the state (checkpointed, never updated).
+  # RePoseDM (variant full): the frozen estimator rides in the state (checkpointed, never updated); in latent
+  # mode it reads the decoded x̂0 (eq. 10) and its reference lives at the pixel resolution.
   guided = config.variant == 'full' and config.pif.train_mode != 'off'
-  heat_fn = pose_estimator.make_heat_fn(config, state['guide']) if guided else None
+  heat_fn = (space.pixel_heat_fn(pose_estimator.make_heat_fn(config, state['guide']), state.get('vae'))
+             if guided else None)
+  pif_batch = {'tgt_kpts': batch['tgt_kpts'], 'tgt_img': mbatch['tgt_img']}
 
   dcfg = config.diffusion
   mse_weight = gaussian.min_snr_weight(sched, t, dcfg.min_snr_gamma) if dcfg.mse_weighting == 'min_snr' else None
 
   def loss_fn(params):
-    out, inter = model.apply({'params': params}, x_t, t, batch['tgt_pose'], src, train=True,
-                             kpts=(batch['src_kpts'], batch['tgt_kpts']), rngs={'dropout': k_dropout},
+    out, inter = model.apply({'params': params}, x_t, t, mbatch['tgt_pose'], src, train=True,
+                             kpts=(mbatch['src_kpts'], mbatch['tgt_kpts']), rngs={'dropout': k_dropout},
                              mutable=['intermediates'])
     pif_terms, pif_loss = {}, 0.0
     if heat_fn is not None:  # pif.train_mode: 'literal' (eq. 15 in the loss) or 'penalty' (λ·G into θ).
       out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config),
                                                  out.astype(jnp.float32), sched=sched, x_t=x_t, t=t,
-                                                 noise=noise, batch=batch)
+                                                 noise=noise, batch=pif_batch,
+                                                 image_hw=batch['tgt_img'].shape[1:3], clip=not space.latent)
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
                                  vlb_weight=config.diffusion.vlb_weight, mse_weight=mse_weight)
     loss = terms['loss'].mean() + pif_loss
     inter = inter.get('intermediates', {})
     if 'warped' in inter:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).
       terms['rpa_l1'] = rpa_training.aux_loss(config.rpa, inter['warped'][0], inter['valid'][0], x0,
-                                              batch['tgt_kpts'], keep)
+                                              mbatch['tgt_kpts'], keep)
       loss = loss + config.rpa.aux_weight * terms['rpa_l1']
       terms['rpa_out_of_frame'] = rpa_training.out_of_frame(config.rpa, jax.lax.stop_gradient(inter['valid'][0]),
-                                                            batch['tgt_kpts'])
+                                                            mbatch['tgt_kpts'])
     terms.update(pif_terms)
     return loss, terms
 
@@ -95,10 +106,17 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   return new_state, metrics
 
 
+def pretrain_step(state, batch, base_rng, *, model, tx, config):
+  """RPA's auxiliary-only step (rpa_training.pretrain_step) on the batch in the model's space."""
+  k_vae = latent.vae_key(jax.random.fold_in(base_rng, state['step']))
+  mbatch = latent.Space(config).model_batch(state.get('vae'), batch, k_vae)
+  return rpa_training.pretrain_step(state, mbatch, base_rng, model=model, tx=tx, config=config)
+
+
 def compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain: bool = False):
   """The jitted step; `pretrain` gives RPA's auxiliary-only step of the first rpa.pretrain_steps steps."""
   if pretrain:
-    step_fn = functools.partial(rpa_training.pretrain_step, model=model, tx=tx, config=config)
+    step_fn = functools.partial(pretrain_step, model=model, tx=tx, config=config)
   else:
     step_fn = functools.partial(train_step, model=model, sched=sched, tx=tx, config=config)
   return jax.jit(step_fn, donate_argnums=0,
@@ -135,7 +153,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_rng, base_rng = jax.random.split(jax.random.key(config.seed))
   repl = sharding.replicated(mesh)
   guide_vars = pose_estimator.load_guide_variables(config, workdir) if config.variant == 'full' else None
-  abstract = train_state.abstract_state(model, tx, config, init_rng, guide_vars)
+  vae_vars = latent.load_vae_variables(config)
+  abstract = train_state.abstract_state(model, tx, config, init_rng, guide_vars, vae_vars)
   # --- Shard: replicated, or FSDP over config.fsdp_axis (params, opt_state, EMA split leaf by leaf).
   state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp_axis, tcfg.fsdp_min_size)
   if config.fsdp_axis:
@@ -151,9 +170,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = checkpoint.restore_latest(manager, abstract_sharded, data_iter)
   if state is None:
     state = jax.jit(lambda r: train_state.init_state(model, tx, config, r),
-                    out_shardings={k: v for k, v in state_sharding.items() if k != 'guide'})(init_rng)
-    if guide_vars is not None:  # make_array_from_callback: also valid when the mesh spans processes.
-      state['guide'] = sharding.put_global(guide_vars, state_sharding['guide'])
+                    out_shardings={k: v for k, v in state_sharding.items() if k not in FROZEN})(init_rng)
+    for key, frozen in (('guide', guide_vars), ('vae', vae_vars)):
+      if frozen is not None:  # make_array_from_callback: also valid when the mesh spans processes.
+        state[key] = sharding.put_global(frozen, state_sharding[key])
     if config.init_from:
       params = checkpoint.load_params(config.init_from, abstract_sharded['params'], fresh_params=state['params'])
       fresh_keys = ('params', 'ema_params', 'opt_state')
@@ -169,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pretrain_fn = (compile_train_step(model, sched, tx, config, mesh, state_sharding, pretrain=True)
                  if rpa_training.uses_phases(config) else None)
   sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=config.sample.num_steps,
-                                    guide_vars=state.get('guide'))
+                                    guide_vars=state.get('guide'), vae_vars=state.get('vae'))
   # The sampler takes replicated params; under FSDP the EMA is gathered for each grid (rare).
   sampling_params = jax.jit(lambda p: p, out_shardings=repl) if config.fsdp_axis else (lambda p: p)
   grid_batch = next(pipeline.iterate_eval(config.data, test_split, tcfg.grid_pairs))
@@ -226,8 +246,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # A last grid at the end of training, when the run samples at all (sample_every <= num_steps).
       final_grid = step == tcfg.num_steps and tcfg.sample_every <= tcfg.num_steps
       if step % tcfg.sample_every == 0 or final_grid:
+        # The live copies of the frozen parts: the step donates (deletes) older ones.
         generated = sampler(sampling_params(state['ema_params']), grid_batch, jax.random.key(config.sample.seed),
-                            state.get('guide'))  # The live copy: the step donates (deletes) older ones.
+                            state.get('guide'), vae=state.get('vae'))
         grid = visualize.pair_grid(grid_batch['src_img'], grid_batch['tgt_pose'], np.asarray(generated),
                                    grid_batch['tgt_img'], tgt_kpts=grid_batch['tgt_kpts'])
         if jax.process_index() == 0:

@@ -42,11 +42,13 @@ def init_state(model, tx, config, rng):
           'step': jnp.zeros((), jnp.int32)}
 
 
-def abstract_state(model, tx, config, rng, guide_vars=None):
-  """Shapes/dtypes of the train state (what checkpoints hold); variant full adds the frozen 'guide'."""
+def abstract_state(model, tx, config, rng, guide_vars=None, vae_vars=None):
+  """Shapes/dtypes of the train state (what checkpoints hold); variant full adds the frozen 'guide' (PIF's
+  estimator), latent mode the frozen 'vae'."""
   abstract = jax.eval_shape(lambda r: init_state(model, tx, config, r), rng)
-  if guide_vars is not None:
-    abstract = {**abstract, 'guide': jax.eval_shape(lambda: guide_vars)}
+  for key, frozen in (('guide', guide_vars), ('vae', vae_vars)):
+    if frozen is not None:
+      abstract = {**abstract, key: jax.eval_shape(lambda f=frozen: f)}
   return abstract
 
 

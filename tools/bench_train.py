@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from reposedm_jax import pif, pose_estimator, sharding, train, train_state
+from reposedm_jax import latent, pif, pose_estimator, sharding, train, train_state
 from reposedm_jax import sample as sample_lib
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
@@ -103,11 +103,18 @@ def timed(fn, args, n: int):
   return compile_s, (time.perf_counter() - t0) / n, compiled
 
 
-def split_pieces(model, params, batch, config, sched, guide_vars):
+def split_pieces(model, params, batch, config, sched, guide_vars, vae_vars=None):
   """{name: (fn, args)} for the step's parts; fn(*args) runs the part's forward + backward.
 
-  The batch goes in as an argument, not a closed-over constant, so it keeps its data-parallel sharding.
+  The batch goes in as an argument, not a closed-over constant, so it keeps its data-parallel sharding. Latent
+  mode: `batch` is the pixel batch; the parts see it encoded, and the VAE's encode of both images is a part.
   """
+  space = latent.Space(config)
+  pixel_batch = batch
+  pieces = {}
+  if space.latent:
+    pieces['VAE encode (source + target)'] = (jax.jit(space.model_batch), (vae_vars, batch))
+    batch = jax.jit(space.model_batch)(vae_vars, batch)
   b = batch['tgt_img'].shape[0]
   t = jnp.arange(b, dtype=jnp.int32) * (config.diffusion.timesteps // b)
   inputs = {'x_t': batch['tgt_img'], 't': jax.device_put(t, batch['tgt_img'].sharding), 'pose': batch['tgt_pose'],
@@ -121,7 +128,6 @@ def split_pieces(model, params, batch, config, sched, guide_vars):
     return lambda p, x: fwd_bwd(lambda q: module.apply({'params': q}, x['x_t'], x['t'], x['pose'], x['src'],
                                                        train=True, rngs=rngs), p)
 
-  pieces = {}
   if 'rpa' in params:  # b2 / full: the U-Net and RPA are separate submodules with separate params.
     rpa = model.rpa
     pieces['U-Net'] = (denoiser(model.unet), (params['unet'], inputs))
@@ -133,9 +139,11 @@ def split_pieces(model, params, batch, config, sched, guide_vars):
     out = jnp.concatenate([batch['tgt_img'], batch['tgt_img']], axis=-1)  # Stand-in (eps, v) output.
 
     def guidance(o, g, x, bt):
-      guided, extra, _ = pif.train_terms(config.pif, pose_estimator.make_heat_fn(config, g),
-                                         pose_estimator.reference_heads(config),
-                                         o, sched=sched, x_t=x['x_t'], t=x['t'], noise=x['src'], batch=bt)
+      heat_fn = space.pixel_heat_fn(pose_estimator.make_heat_fn(config, g), vae_vars)
+      guided, extra, _ = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config),
+                                         o, sched=sched, x_t=x['x_t'], t=x['t'], noise=x['src'],
+                                         batch={'tgt_kpts': pixel_batch['tgt_kpts'], 'tgt_img': bt['tgt_img']},
+                                         image_hw=pixel_batch['tgt_img'].shape[1:3], clip=not space.latent)
       return jnp.mean(guided) + extra
 
     # With pif.stop_gradient=False the step also differentiates through the guidance.
@@ -159,13 +167,14 @@ def main(argv):
 
   # State laid out as training lays it out (replicated, or FSDP with config.fsdp_axis).
   init = lambda r: train_state.init_state(model, tx, config, r)  # noqa: E731
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  if guide_vars is not None:
-    abstract['guide'] = jax.eval_shape(lambda: guide_vars)
+  vae_vars = latent.load_vae_variables(config)  # latent mode's frozen VAE (random with latent.random_preset)
+  abstract = train_state.abstract_state(model, tx, config, jax.random.key(0), guide_vars, vae_vars)
   shardings = sharding.state_shardings(abstract, mesh, config.fsdp_axis, config.train.fsdp_min_size)
-  state = jax.jit(init, out_shardings={k: v for k, v in shardings.items() if k != 'guide'})(jax.random.key(0))
-  if guide_vars is not None:
-    state['guide'] = sharding.put_global(guide_vars, shardings['guide'])
+  state = jax.jit(init, out_shardings={k: v for k, v in shardings.items() if k not in train.FROZEN})(
+      jax.random.key(0))
+  for key, frozen in (('guide', guide_vars), ('vae', vae_vars)):
+    if frozen is not None:
+      state[key] = sharding.put_global(frozen, shardings[key])
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   host_batch = bench_inputs.random_batch(config, b, rng)
   batch = sharding.global_batch(host_batch, mesh)
@@ -214,7 +223,7 @@ def main(argv):
 
   if _SPLIT.value:  # --- Split of the step between its parts.
     params = state['params']
-    pieces = split_pieces(model, params, batch, config, sched, guide_vars)
+    pieces = split_pieces(model, params, batch, config, sched, guide_vars, state.get('vae'))
     total = 0.0
     res['split_ms'] = {}
     for name, (fn, args) in pieces.items():
@@ -232,7 +241,8 @@ def main(argv):
   n_sample = _SAMPLE_STEPS.value if _SAMPLE_STEPS.value >= 0 else config.sample.num_steps
   if n_sample > 0:  # --- Sampling (CFG, the configured sampler; PIF guidance for variant full).
     sb = _SAMPLE_BATCH.value if _SAMPLE_BATCH.value > 0 else jax.device_count()
-    sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=n_sample, guide_vars=state.get('guide'))
+    sampler = sample_lib.make_sampler(model, sched, config, mesh, num_steps=n_sample, guide_vars=state.get('guide'),
+                                      vae_vars=state.get('vae'))
     sbatch = bench_inputs.random_batch(config, sb, rng)
     ema = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state['ema_params'])
     t0 = time.perf_counter()

@@ -26,11 +26,8 @@ import numpy as np
 from absl import flags
 
 from reposedm_jax import checkpoint
-from reposedm_jax.convert import torch_checkpoint
-from reposedm_jax.models.autoencoder import TINY, AutoencoderKL, VAEConfig
-
-PRESETS = {'sd': VAEConfig(), 'tiny': TINY}
-META_FILE = 'vae.json'
+from reposedm_jax.convert import mapping, torch_checkpoint
+from reposedm_jax.models.autoencoder import META_FILE, PRESETS, AutoencoderKL, VAEConfig
 _VAE_ROOTS = ('encoder.', 'decoder.', 'quant_conv.', 'post_quant_conv.')
 _OLD_ATTN = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
 _LDM_ATTN = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
@@ -122,33 +119,10 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: VAEConfig) -> dict:
   norm = normalise_keys(sd, len(cfg.block_out_channels))
   if not norm:
     raise ValueError('no VAE parameter in this state dict (expected encoder.* / decoder.* / quant_conv.* keys)')
-  expected = expected_shapes(cfg)
-  plan, seen, unexpected, misshaped = {}, set(), [], []
-  for key, value in norm.items():
-    path = flax_path(key, np.ndim(value))
-    if path not in expected:
-      unexpected.append(f'{key} {tuple(np.shape(value))}')
-      continue
-    seen.add(path)
-    shape = _layout(np.empty(np.shape(value), np.uint8)).shape
-    if shape != expected[path]:
-      misshaped.append(f'{key}: {tuple(np.shape(value))} -> {shape}, model expects {expected[path]}')
-      continue
-    plan[path] = key
-  missing = ['/'.join(p) + f' {expected[p]}' for p in expected if p not in seen]
-  if missing or unexpected or misshaped:
-    why = [f'{len(missing)} missing {missing[:8]}'] * bool(missing) + \
-        [f'{len(unexpected)} unexpected {unexpected[:8]}'] * bool(unexpected) + \
-        [f'{len(misshaped)} mis-shaped {misshaped[:8]}'] * bool(misshaped)
-    raise ValueError(f'VAE state dict does not match block_out_channels={tuple(cfg.block_out_channels)}: '
-                     + '; '.join(why))
-  tree = {}
-  for path, key in plan.items():
-    node = tree
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = np.ascontiguousarray(_layout(np.asarray(norm[key])), dtype=np.float32)
-  return tree
+  plan = mapping.match_keys(norm.items(), expected_shapes(cfg), flax_path,
+                            lambda shape: _layout(np.empty(shape, np.uint8)).shape,
+                            f'VAE state dict does not match block_out_channels={tuple(cfg.block_out_channels)}')
+  return mapping.nest(plan, norm, lambda v: np.ascontiguousarray(_layout(np.asarray(v)), dtype=np.float32))
 
 
 def save_vae(params, dst: str, cfg: VAEConfig, source: str) -> str:

@@ -156,7 +156,7 @@ def ddim_step(x_t: jnp.ndarray, eps: jnp.ndarray, acp_t, acp_prev, noise: jnp.nd
 def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int,
                 eta: float = 0.0, clip_x0: bool = False, rng: Optional[jax.Array] = None,
                 eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
-                post_step_fn: Optional[PostStepFn] = None) -> jnp.ndarray:
+                post_step_fn: Optional[PostStepFn] = None, clip_output: bool = True) -> jnp.ndarray:
   """PIDM's DDIM sampler over `num_steps` steps of `ddim_timesteps`, run from the last step down.
 
   Only the eps half of the model output is used. The result is clamped to [-1, 1]; x0 is not
@@ -173,9 +173,10 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
     rng: PRNG key for eta > 0.
     eps_correction_fn: optional hook, see module docstring.
     shared_noise, post_step_fn: see module docstring.
+    clip_output: clamp the result to [-1, 1] (images; latent mode's latents are not bounded).
 
   Returns:
-    [B, H, W, C] sample in [-1, 1].
+    [B, H, W, C] sample (in [-1, 1] with clip_output).
   """
   stochastic = eta != 0
   if stochastic and rng is None:
@@ -202,7 +203,7 @@ def ddim_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, num_steps: int
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
-  return jnp.clip(x0, -1.0, 1.0)
+  return jnp.clip(x0, -1.0, 1.0) if clip_output else x0
 
 
 # ---------------------------------------------------------------------------------------- DDPM
@@ -234,7 +235,7 @@ def ddpm_step(s: Schedule, x_t: jnp.ndarray, t_index, eps: jnp.ndarray, v: jnp.n
 def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array,
                 clip_x0: bool = True,
                 eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
-                post_step_fn: Optional[PostStepFn] = None) -> jnp.ndarray:
+                post_step_fn: Optional[PostStepFn] = None, clip_output: bool = True) -> jnp.ndarray:
   """Ancestral sampling with the learned variance over every index of `s`, T-1 down to 0.
 
   Pass a respaced schedule for fewer steps; the model sees s.timestep_map[i].
@@ -247,9 +248,10 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
     clip_x0: see ddpm_step.
     eps_correction_fn: optional hook, see module docstring.
     shared_noise, post_step_fn: see module docstring.
+    clip_output: clamp the result to [-1, 1] (images; latent mode's latents are not bounded).
 
   Returns:
-    [B, H, W, C] sample in [-1, 1].
+    [B, H, W, C] sample (in [-1, 1] with clip_output).
   """
   num = s.num_timesteps
   # abar of the time each step's x_prev is at, from the float64 tables.
@@ -273,4 +275,4 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
     return x_prev, None
 
   x0, _ = jax.lax.scan(body, x_T, xs)
-  return jnp.clip(x0, -1.0, 1.0)
+  return jnp.clip(x0, -1.0, 1.0) if clip_output else x0

@@ -13,6 +13,8 @@ GroupNorm eps 1e-6 everywhere (diffusers' VAE); the attention softmax and all no
 """
 
 import dataclasses
+import json
+import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -37,6 +39,26 @@ class VAEConfig:
 
 
 TINY = VAEConfig(block_out_channels=(32, 64), layers_per_block=1, norm_groups=8)
+PRESETS = {'sd': VAEConfig(), 'tiny': TINY}
+META_FILE = 'vae.json'  # the architecture, next to a converted VAE's params/ (convert/vae.py writes it)
+
+
+def vae_config_for(lcfg) -> VAEConfig:
+  """The architecture config.latent names: <vae_dir>/vae.json, else `random_preset` (tests, smoke runs)."""
+  if lcfg.vae_dir:
+    meta_path = os.path.join(lcfg.vae_dir, META_FILE)
+    if not os.path.isfile(meta_path):
+      raise FileNotFoundError(f'latent.vae_dir={lcfg.vae_dir!r} has no {META_FILE}: convert the VAE with '
+                              '`python -m reposedm_jax.convert vae --src FILE --dst DIR`')
+    with open(meta_path) as f:
+      meta = json.load(f)
+    return VAEConfig(block_out_channels=tuple(meta['block_out_channels']), layers_per_block=meta['layers_per_block'],
+                     latent_channels=meta['latent_channels'], norm_groups=meta['norm_groups'],
+                     scaling_factor=meta['scaling_factor'])
+  if lcfg.random_preset in PRESETS:
+    return PRESETS[lcfg.random_preset]
+  raise ValueError("model.space='latent' needs --config.latent.vae_dir=DIR (a `convert vae` output) or, for tests, "
+                   f"latent.random_preset in {tuple(PRESETS)}")
 
 
 class ResnetBlock(nn.Module):
@@ -65,7 +87,8 @@ class Attention(nn.Module):
     q = nn.Dense(c, name='to_q')(t)
     k = nn.Dense(c, name='to_k')(t)
     v = nn.Dense(c, name='to_v')(t)
-    logits = jnp.einsum('bqc,bkc->bqk', q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(c))
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # float32 softmax for bfloat16 / float32 (float64 stays)
+    logits = jnp.einsum('bqc,bkc->bqk', q, k).astype(acc) / jnp.sqrt(jnp.asarray(c, acc))
     out = jnp.einsum('bqk,bkc->bqc', jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
     return x + nn.Dense(c, name='to_out_0')(out).reshape(b, h, w, c)
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from reposedm_jax.models.autoencoder import vae_config_for
 from reposedm_jax.models.b2 import B2Model
 from reposedm_jax.models.rpa import RPA
 from reposedm_jax.models.unet import PIDMUNet
@@ -26,8 +27,12 @@ def build_model(config):
 
 
 def dummy_inputs(config, batch: int = 1):
+  """Zero inputs of the model's shapes: images, or latent mode's latents (1/f of the image, f the VAE's)."""
   h, w = config.data.height, config.data.width
   m = config.model
+  if m.space == 'latent':
+    f = vae_config_for(config.latent).downsample
+    h, w = h // f, w // f
   return (jnp.zeros((batch, h, w, m.image_channels)), jnp.zeros((batch,), jnp.int32),
           jnp.zeros((batch, h, w, m.pose_channels)), jnp.zeros((batch, h, w, m.image_channels)))
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from reposedm_jax import checkpoint, pose_estimator, run_weights, sample, sharding, train_state, visualize
+from reposedm_jax import checkpoint, latent, pose_estimator, run_weights, sample, sharding, train_state, visualize
 from reposedm_jax.data import pose
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import factory
@@ -30,6 +30,7 @@ class Loaded:
   mesh: Any
   step: int
   description: str
+  vae_vars: Any = None  # latent mode: the frozen VAE (config.latent), else None
   _samplers: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -50,7 +51,7 @@ class Loaded:
       sched = linear_schedule(d.timesteps, d.beta_start, d.beta_end)
       self._samplers[key] = sample.make_sampler(self.model, sched, self.config, self.mesh,
                                                 self.config.sample.num_steps, guide_vars=self.guide_vars,
-                                                shared_noise=shared_noise)
+                                                shared_noise=shared_noise, vae_vars=self.vae_vars)
     return self._samplers[key]
 
 
@@ -122,7 +123,9 @@ def load(path: str, *, step: int | None = None, ema: bool = True, sample_overrid
       guide_vars, _ = pose_estimator.load_pose_estimator(config, guide_dir, use_pose_checkpoint=False)
     else:
       guide_vars = pose_estimator.load_guide_variables(config, path)
-  return Loaded(config, factory.build_model(config), params, guide_vars, mesh, step_done, what)
+  # Latent mode: the VAE of config.latent (the run's config.json names the file it trained with).
+  return Loaded(config, factory.build_model(config), params, guide_vars, mesh, step_done, what,
+                vae_vars=latent.load_vae_variables(config))
 
 
 def host_batch(rows: list[dict], batch_size: int, hw) -> dict:
