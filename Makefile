@@ -9,7 +9,7 @@ DEMO_CONFIG := --config=configs/demo.py:variant=full
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: venv test demo ablation lint clean-demo pose-venv app
+.PHONY: venv test demo ablation reid-demo lint clean-demo pose-venv app
 
 venv: $(STAMP)
 
@@ -46,6 +46,15 @@ demo: $(STAMP)
 # continue) -> docs/ablation/{table.md,chart.png,*_grid.png}. Settings: python -m reposedm_jax.ablation --help.
 ablation: $(STAMP)
 	$(DEMO_ENV) $(PY) -m reposedm_jax.ablation --out runs/ablation --docs docs/ablation
+
+# The paper's Table 4 (re-ID on p % real + generated images) on synthetic Market-1501 data: the data, a B1
+# generator, then re-ID for p = 20/40/60/80 % with and without generated images (resumable) -> runs/reid_demo/reid.
+reid-demo: $(STAMP)
+	test -f runs/reid_demo/data/market-pairs-train.csv || $(PY) -m reposedm_jax.reid.market \
+		--out runs/reid_demo/data --identities 60 --views 6 --height 64 --width 32
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/reid_demo.py:generator --workdir=runs/reid_demo/generator
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/reid_demo.py --workdir=runs/reid_demo
+	@cat runs/reid_demo/reid/table.md
 
 clean-demo:
 	rm -rf $(DEMO)

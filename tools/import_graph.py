@@ -28,6 +28,7 @@ LAYERS = {
     'reposedm_jax.models': 1, 'reposedm_jax.diffusion': 1, 'reposedm_jax.data': 1, 'reposedm_jax.metrics': 1,
     'reposedm_jax.pif': 1, 'reposedm_jax.rpa_training': 1,
     'reposedm_jax.reid': 1,  # ResNet-50, Market-1501's protocol and folders; its jobs below
+    'reposedm_jax.sd': 1,  # RePoseSD's networks (SD 2.x U-Net)
     # 2: weights in and out, train states, the frozen pose estimator, the sampler.
     'reposedm_jax.convert': 2, 'reposedm_jax.checkpoint': 2, 'reposedm_jax.train_state': 2,
     'reposedm_jax.pose_estimator': 2, 'reposedm_jax.sample': 2,

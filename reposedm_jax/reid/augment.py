@@ -17,6 +17,7 @@ import os
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from reposedm_jax import logs
 from reposedm_jax.data import patn
@@ -96,10 +97,45 @@ def write_table(results: dict, out_dir: str) -> str:
         str(row.get(int(round(100 * p)), '-')) for p in fractions) + ' |')
   with open(os.path.join(out_dir, 'table.json'), 'w') as f:
     json.dump({str(p): results[p] for p in fractions}, f, indent=1)
+  chart(results).save(os.path.join(out_dir, 'chart.png'))
   path = os.path.join(out_dir, 'table.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return path
+
+
+def chart(results: dict) -> Image.Image:
+  """mAP against the real fraction: this run's real-only and real + generated lines, the paper's two rows."""
+  w, h, left, right, top, bottom = 560, 360, 60, 170, 40, 300
+  img = Image.new('RGB', (w, h), 'white')
+  d = ImageDraw.Draw(img)
+  font = ImageFont.load_default(size=13)
+  d.text((10, 10), 'Re-ID mAP (%) vs the fraction of real training images', font=font, fill=(20, 20, 20))
+  lines = {'real only': ([p for p in sorted(results)], [100 * results[p]['real']['mAP'] for p in sorted(results)]),
+           'real + generated': ([p for p in sorted(results)],
+                                [100 * results[p]['augmented']['mAP'] for p in sorted(results)])}
+  for model, row in PAPER_MAP.items():
+    lines[f'paper: + {model}'] = ([k / 100 for k in sorted(row)], [row[k] for k in sorted(row)])
+  colours = [(31, 119, 180), (214, 39, 40), (150, 150, 150), (90, 90, 90)]
+  ys = [v for _, vals in lines.values() for v in vals]
+  lo, hi = min(ys) - 5, max(ys) + 5
+  sx = lambda p: left + (w - left - right) * p  # noqa: E731
+  sy = lambda v: bottom - (bottom - top) * (v - lo) / max(hi - lo, 1e-9)  # noqa: E731
+  d.line((left, bottom, w - right, bottom), fill=(80, 80, 80))
+  d.line((left, top, left, bottom), fill=(80, 80, 80))
+  for p in (0.2, 0.4, 0.6, 0.8, 1.0):
+    d.text((sx(p) - 12, bottom + 6), f'{int(100 * p)} %', font=font, fill=(60, 60, 60))
+  for v in np.linspace(lo, hi, 5):
+    d.text((8, sy(v) - 7), f'{v:.0f}', font=font, fill=(60, 60, 60))
+  for i, (name, (xs, vals)) in enumerate(lines.items()):
+    pts = [(sx(x), sy(v)) for x, v in zip(xs, vals)]
+    if len(pts) > 1:
+      d.line(pts, fill=colours[i], width=3)
+    for x, y in pts:
+      d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colours[i])
+    d.rectangle((w - right + 15, top + 22 * i, w - right + 29, top + 22 * i + 14), fill=colours[i])
+    d.text((w - right + 35, top + 22 * i), name, font=font, fill=(20, 20, 20))
+  return img
 
 
 def run_augment(config, workdir: str) -> str:

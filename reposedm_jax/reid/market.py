@@ -129,3 +129,24 @@ def write_synthetic(out_dir: str, *, seed: int = 0, identities: int = 24, views:
   counts['train_identities'] = int(np.sum(~is_test))
   counts['test_identities'] = int(np.sum(is_test))
   return counts
+
+
+def _main() -> None:
+  import argparse
+  p = argparse.ArgumentParser(description='Writes a synthetic population in Market-1501 layout (re-ID folders and '
+                                          'the PATN files of the pose-transfer model).')
+  p.add_argument('--out', required=True)
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--identities', type=int, default=24)
+  p.add_argument('--views', type=int, default=6)
+  p.add_argument('--height', type=int, default=128)
+  p.add_argument('--width', type=int, default=64)
+  p.add_argument('--test-fraction', type=float, default=0.5)
+  a = p.parse_args()
+  counts = write_synthetic(a.out, seed=a.seed, identities=a.identities, views=a.views, height=a.height,
+                           width=a.width, test_fraction=a.test_fraction)
+  print(json.dumps(counts))
+
+
+if __name__ == '__main__':
+  _main()

@@ -1,0 +1,61 @@
+"""RePoseSD's U-Net (issue 21, part): parity with diffusers' UNet2DConditionModel on random weights, through the
+names a converter maps (diffusers' keys with numbered parts joined by '_', convs OIHW -> HWIO, linears transposed)."""
+
+import jax
+import numpy as np
+import pytest
+
+from reposedm_jax.convert import mapping
+from reposedm_jax.convert.vae import _layout, flax_path
+from reposedm_jax.sd import unet
+
+torch = pytest.importorskip('torch')
+diffusers = pytest.importorskip('diffusers')
+
+
+def _torch_unet(cfg, seed=0):
+  torch.manual_seed(seed)
+  n = len(cfg.block_out_channels)
+  model = diffusers.UNet2DConditionModel(
+      sample_size=8, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+      down_block_types=('CrossAttnDownBlock2D',) * (n - 1) + ('DownBlock2D',),
+      up_block_types=('UpBlock2D',) + ('CrossAttnUpBlock2D',) * (n - 1), block_out_channels=cfg.block_out_channels,
+      layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim,
+      cross_attention_dim=cfg.cross_attention_dim, norm_num_groups=cfg.norm_groups, use_linear_projection=True)
+  with torch.no_grad():  # non-trivial norms and biases
+    for p in model.parameters():
+      if p.ndim == 1:
+        p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+def _expected(cfg):
+  x, t, c = np.zeros((1, 8, 8, cfg.in_channels)), np.zeros((1,)), np.zeros((1, 5, cfg.cross_attention_dim))
+  params = jax.eval_shape(lambda: unet.UNet2DConditionModel(cfg).init(jax.random.key(0), x, t, c))['params']
+  return {tuple(k.key for k in p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def test_tiny_unet_matches_diffusers():
+  cfg = unet.TINY
+  tm = _torch_unet(cfg)
+  sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+  plan = mapping.match_keys(sd.items(), _expected(cfg), flax_path, lambda s: _layout(np.empty(s, np.uint8)).shape,
+                            'SD U-Net')
+  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(_layout(np.asarray(v, np.float32))))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+  t = np.asarray([3, 700])
+  ctx = rng.normal(size=(2, 5, cfg.cross_attention_dim)).astype(np.float32)
+  with torch.no_grad():
+    want = tm(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+              encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy().transpose(0, 2, 3, 1)
+  model = unet.UNet2DConditionModel(cfg)
+  got = np.asarray(jax.jit(lambda p, x, t, c: model.apply({'params': p}, x, t, c))(params, x, t, ctx))
+  np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def test_sd21_parameter_count_and_names():
+  shapes = _expected(unet.UNetConfig())
+  assert sum(int(np.prod(s)) for s in shapes.values()) == 865_910_724  # diffusers' SD-2.1 U-Net
+  assert shapes[('down_blocks_0', 'attentions_0', 'transformer_blocks_0', 'attn2', 'to_k', 'kernel')] == (1024, 320)
+  assert shapes[('up_blocks_3', 'resnets_2', 'conv1', 'kernel')] == (3, 3, 640, 320)
