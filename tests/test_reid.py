@@ -166,3 +166,15 @@ def test_reid_augment_table_end_to_end(tmp_path):
   assert 'paper, real + RePoseDM: mAP' in open(os.path.join(work, 'reid', 'table.md')).read()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
   assert again.returncode == 0 and 'Compiling' not in again.stdout + again.stderr  # every stage skipped
+
+
+def test_a_bad_gallery_name_fails_before_training(tmp_path):
+  root = str(tmp_path / 'mk')
+  market.write_synthetic(root, identities=4, views=2, height=64, width=32)
+  open(os.path.join(root, 'bounding_box_test', 'not_market.jpg'), 'wb').close()
+  from configs import market1501_reid
+  from reposedm_jax.reid import train
+  rcfg = market1501_reid.get_config('runlocal').reid
+  with pytest.raises(BadExampleError, match='not_market.jpg'):
+    train.train_and_evaluate(rcfg, market.read_folder(root, 'bounding_box_train'), str(tmp_path / 'w'), 0, root)
+  assert not os.path.exists(os.path.join(tmp_path, 'w', 'checkpoints'))

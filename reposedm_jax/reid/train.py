@@ -121,8 +121,12 @@ def extract(rcfg, variables: dict, num_ids: int, images: list[market.Image]) -> 
   return np.concatenate(out)
 
 
-def evaluate(rcfg, variables: dict, num_ids: int, root: str) -> dict:
-  query, gallery = market.read_folder(root, 'query'), market.read_folder(root, 'bounding_box_test')
+def eval_folders(root: str) -> tuple[list[market.Image], list[market.Image]]:
+  return market.read_folder(root, 'query'), market.read_folder(root, 'bounding_box_test')
+
+
+def evaluate(rcfg, variables: dict, num_ids: int, root: str, folders=None) -> dict:
+  query, gallery = folders or eval_folders(root)
   qf, gf = extract(rcfg, variables, num_ids, query), extract(rcfg, variables, num_ids, gallery)
   dist = protocol.distances(qf, gf, rcfg.metric)
   result = protocol.evaluate(dist, [q.pid for q in query], [q.cam for q in query], [g.pid for g in gallery],
@@ -150,6 +154,7 @@ def train_and_evaluate(rcfg, train_images: list[market.Image], workdir: str, see
     with open(done) as f:
       return json.load(f)
   os.makedirs(workdir, exist_ok=True)
+  folders = eval_folders(eval_root)  # a bad name in query/ or the gallery fails now, not after training
   labels, _ = batches.relabel(train_images)
   num_ids = int(labels.max()) + 1
   step_fn = jax.jit(functools.partial(train_step, rcfg=rcfg, num_ids=num_ids), donate_argnums=0)
@@ -188,7 +193,7 @@ def train_and_evaluate(rcfg, train_images: list[market.Image], workdir: str, see
     raise SystemExit(0)
   t0 = time.perf_counter()
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-  result = evaluate(rcfg, variables, num_ids, eval_root)
+  result = evaluate(rcfg, variables, num_ids, eval_root, folders)
   result.update(train_images=len(train_images), train_identities=num_ids, steps=step,
                 eval_seconds=round(time.perf_counter() - t0, 1))
   logs.log_line(f"Re-ID {workdir}: mAP {result['mAP']:.4f}, rank-1 {result['rank1']:.4f} "
