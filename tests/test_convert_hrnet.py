@@ -288,9 +288,9 @@ def test_reads_zip_and_legacy_files_and_cli(small_torch, tmp_path):
   r = subprocess.run([sys.executable, '-m', 'reposedm_jax.convert', 'pidm'], cwd=REPO, env=env, capture_output=True,
                      text=True)
   assert r.returncode != 0 and '--src' in r.stderr
-  r = subprocess.run([sys.executable, '-m', 'reposedm_jax.convert', 'resnet'], cwd=REPO, env=env,
+  r = subprocess.run([sys.executable, '-m', 'reposedm_jax.convert', 'nosuch'], cwd=REPO, env=env,
                      capture_output=True, text=True)
-  assert r.returncode != 0 and 'pidm,hrnet' in r.stderr
+  assert r.returncode != 0 and 'pidm,hrnet,vae,resnet,sd' in r.stderr and "got ['nosuch']" in r.stderr
 
 
 # ---------------------------------------------------------------- malicious files

@@ -5,7 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+import dataclasses
+
 from reposedm_jax.convert import mapping
+from reposedm_jax.convert import sd as sd_convert
 from reposedm_jax.convert.vae import _layout, flax_path
 from reposedm_jax.sd import unet
 
@@ -59,3 +62,27 @@ def test_sd21_parameter_count_and_names():
   assert sum(int(np.prod(s)) for s in shapes.values()) == 865_910_724  # diffusers' SD-2.1 U-Net
   assert shapes[('down_blocks_0', 'attentions_0', 'transformer_blocks_0', 'attn2', 'to_k', 'kernel')] == (1024, 320)
   assert shapes[('up_blocks_3', 'resnets_2', 'conv1', 'kernel')] == (3, 3, 640, 320)
+
+
+def test_converter_widens_conv_in_with_zeros_so_the_pose_latent_changes_nothing_yet():
+  cfg = unet.TINY
+  tm = _torch_unet(cfg, seed=1)
+  sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+  params = sd_convert.convert_state_dict(sd, cfg, extra_in_channels=4)
+  assert params['conv_in']['kernel'].shape == (3, 3, 8, 32)
+  rng = np.random.default_rng(1)
+  x, pose = rng.normal(size=(1, 8, 8, 4)).astype(np.float32), rng.normal(size=(1, 8, 8, 4)).astype(np.float32)
+  t, ctx = np.asarray([10]), rng.normal(size=(1, 3, cfg.cross_attention_dim)).astype(np.float32)
+  with torch.no_grad():
+    want = tm(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+              encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy().transpose(0, 2, 3, 1)
+  wide = unet.UNet2DConditionModel(dataclasses.replace(cfg, in_channels=8))
+  got = wide.apply({'params': params}, np.concatenate([x, pose], -1), t, ctx)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4 * max(1.0, np.abs(want).max()))
+  bad = dict(sd)
+  bad['mid_block.attentions.0.proj_in.weight'] = np.zeros((3, 3), np.float32)
+  del bad['conv_out.bias']
+  with pytest.raises(ValueError, match='1 missing.*conv_out/bias.*1 mis-shaped.*proj_in'):
+    sd_convert.convert_state_dict(bad, cfg)
+  with pytest.raises(ValueError, match='original ldm'):
+    sd_convert.convert_state_dict({'model.diffusion_model.input_blocks.0.0.weight': np.zeros(1)}, cfg)
