@@ -290,7 +290,7 @@ def test_reads_zip_and_legacy_files_and_cli(small_torch, tmp_path):
   assert r.returncode != 0 and '--src' in r.stderr
   r = subprocess.run([sys.executable, '-m', 'reposedm_jax.convert', 'nosuch'], cwd=REPO, env=env,
                      capture_output=True, text=True)
-  assert r.returncode != 0 and 'pidm,hrnet,vae,resnet,sd' in r.stderr and "got ['nosuch']" in r.stderr
+  assert r.returncode != 0 and 'pidm,hrnet,vae,resnet,sd,sd_text' in r.stderr and "got ['nosuch']" in r.stderr
 
 
 # ---------------------------------------------------------------- malicious files

@@ -1,4 +1,4 @@
-"""`python -m reposedm_jax.convert {pidm,hrnet,vae,resnet,sd} [flags]`: one entry point for the weight converters.
+"""`python -m reposedm_jax.convert {pidm,hrnet,vae,resnet,sd,sd_text} [flags]`: one entry point for the weight converters.
 
   python -m reposedm_jax.convert pidm --src pidm_deepfashion.pt --dst weights/pidm [--config configs/X.py]
   python -m reposedm_jax.convert hrnet --src pose_higher_hrnet_w32_512.pth --dst weights/hrnet_w32 \
@@ -6,6 +6,7 @@
   python -m reposedm_jax.convert vae --src vae.safetensors --dst weights/sd_vae [--preset sd|tiny]
   python -m reposedm_jax.convert resnet --src resnet50-11ad3fa6.pth --dst weights/resnet50
   python -m reposedm_jax.convert sd --src unet/diffusion_pytorch_model.safetensors --dst weights/sd21_unet
+  python -m reposedm_jax.convert sd_text --src text_encoder/model.safetensors --dst weights/sd21_text
 
 Each subcommand takes exactly the flags of its module (`python -m reposedm_jax.convert.pidm` and
 `python -m reposedm_jax.convert.hrnet` keep working); `--help` after a subcommand lists them.
@@ -18,7 +19,7 @@ from absl import app
 
 from reposedm_jax.convert import torch_checkpoint
 
-CONVERTERS = ('pidm', 'hrnet', 'vae', 'resnet', 'sd')
+CONVERTERS = ('pidm', 'hrnet', 'vae', 'resnet', 'sd', 'sd_text')
 
 
 def run(argv: list[str]) -> None:
