@@ -62,11 +62,6 @@ def load_vae_variables(config) -> Optional[Any]:
   return {'params': jax.jit(lambda r: module.init(r, x)['params'])(jax.random.key(config.seed + 7919))}
 
 
-def latent_hw(config):
-  f = vae_config(config).downsample
-  return config.data.height // f, config.data.width // f
-
-
 # ----------------------------------------------------------------------------- pixel batch -> model batch
 
 def scale_kpts(kpts: jax.Array, factor: int) -> jax.Array:

@@ -9,7 +9,7 @@ import dataclasses
 
 from reposedm_jax.convert import mapping
 from reposedm_jax.convert import sd as sd_convert
-from reposedm_jax.convert.vae import _layout, flax_path
+from reposedm_jax.convert.vae import torch_layout, flax_path
 from reposedm_jax.sd import unet
 
 torch = pytest.importorskip('torch')
@@ -42,9 +42,9 @@ def test_tiny_unet_matches_diffusers():
   cfg = unet.TINY
   tm = _torch_unet(cfg)
   sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-  plan = mapping.match_keys(sd.items(), _expected(cfg), flax_path, lambda s: _layout(np.empty(s, np.uint8)).shape,
+  plan = mapping.match_keys(sd.items(), _expected(cfg), flax_path, lambda s: torch_layout(np.empty(s, np.uint8)).shape,
                             'SD U-Net')
-  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(_layout(np.asarray(v, np.float32))))
+  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(torch_layout(np.asarray(v, np.float32))))
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
   t = np.asarray([3, 700])

@@ -23,7 +23,7 @@ from absl import flags
 
 from reposedm_jax import checkpoint
 from reposedm_jax.convert import mapping
-from reposedm_jax.convert.vae import _layout, flax_path, load_state_dict
+from reposedm_jax.convert.vae import torch_layout, flax_path, load_state_dict
 from reposedm_jax.sd.unet import TINY, UNet2DConditionModel, UNetConfig
 
 PRESETS = {'sd21': UNetConfig(), 'tiny': TINY}
@@ -42,9 +42,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: UNetConfig, extra_in_c
     raise ValueError('this is the original ldm U-Net layout (model.diffusion_model.input_blocks...): convert it '
                      "to diffusers' layout first (diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py)")
   plan = mapping.match_keys(sd.items(), expected_shapes(cfg), flax_path,
-                            lambda shape: _layout(np.empty(shape, np.uint8)).shape,
+                            lambda shape: torch_layout(np.empty(shape, np.uint8)).shape,
                             f'SD U-Net state dict does not match block_out_channels={tuple(cfg.block_out_channels)}')
-  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(_layout(np.asarray(v, np.float32))))
+  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(torch_layout(np.asarray(v, np.float32))))
   if extra_in_channels:
     k = params['conv_in']['kernel']  # [3, 3, in, out]
     params['conv_in']['kernel'] = np.concatenate([k, np.zeros(k.shape[:2] + (extra_in_channels,) + k.shape[3:],

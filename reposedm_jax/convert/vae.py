@@ -99,7 +99,8 @@ def flax_path(key: str, ndim: int) -> tuple[str, ...]:
   return tuple(path) + (leaf,)
 
 
-def _layout(value: np.ndarray) -> np.ndarray:
+def torch_layout(value: np.ndarray) -> np.ndarray:
+  """A torch tensor in Flax layout: conv OIHW -> HWIO, linear (out, in) -> (in, out), vectors as they are."""
   if value.ndim == 4:
     return value.transpose(2, 3, 1, 0)
   if value.ndim == 2:
@@ -120,9 +121,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: VAEConfig) -> dict:
   if not norm:
     raise ValueError('no VAE parameter in this state dict (expected encoder.* / decoder.* / quant_conv.* keys)')
   plan = mapping.match_keys(norm.items(), expected_shapes(cfg), flax_path,
-                            lambda shape: _layout(np.empty(shape, np.uint8)).shape,
+                            lambda shape: torch_layout(np.empty(shape, np.uint8)).shape,
                             f'VAE state dict does not match block_out_channels={tuple(cfg.block_out_channels)}')
-  return mapping.nest(plan, norm, lambda v: np.ascontiguousarray(_layout(np.asarray(v)), dtype=np.float32))
+  return mapping.nest(plan, norm, lambda v: np.ascontiguousarray(torch_layout(np.asarray(v)), dtype=np.float32))
 
 
 def save_vae(params, dst: str, cfg: VAEConfig, source: str) -> str:
