@@ -61,6 +61,18 @@ def test_model_batch_encodes_images_resizes_pose_and_pixel_mode_is_the_identity(
   assert latent.load_vae_variables(pixel) is None
 
 
+def test_pose_encode_mode_is_the_vae_latent_of_the_rgb_rendering():
+  config = latent_config()
+  config.latent.pose = 'encode'
+  space = latent.Space(config)
+  vae = latent.load_vae_variables(config)
+  pose = jnp.asarray(random_batch(config)['tgt_pose'])
+  rgb = latent.pose_rgb(pose)
+  assert rgb.shape == pose.shape[:3] + (3,) and float(rgb.min()) >= -1 and float(rgb.max()) <= 1
+  np.testing.assert_allclose(np.asarray(space.pose(vae, pose)), np.asarray(space.encode(vae, rgb)), atol=1e-6)
+  assert space.pose(vae, pose).shape == (4, 16, 11, 4)
+
+
 def test_posterior_samples_differ_per_key_and_the_mean_is_deterministic():
   config = latent_config()
   config.latent.sample_posterior = True

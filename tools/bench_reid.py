@@ -46,8 +46,7 @@ def main(argv):
   net = train.ReIDNet(n_ids, tuple(rcfg.blocks), last_stride=rcfg.last_stride)
   feats = jax.jit(lambda v, x: net.apply(v, x, train=False)['feature'])
   v = {'params': state['params'], 'batch_stats': state['batch_stats']}
-  x = batch['images'][:rcfg.eval_batch_size] if b >= rcfg.eval_batch_size else np.concatenate(
-      [batch['images']] * (-(-rcfg.eval_batch_size // b)))[:rcfg.eval_batch_size]
+  x = np.resize(batch['images'], (rcfg.eval_batch_size,) + batch['images'].shape[1:])  # one eval batch
   jax.block_until_ready(feats(v, x))
   t0 = time.perf_counter()
   jax.block_until_ready(feats(v, x))

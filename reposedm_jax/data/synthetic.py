@@ -97,6 +97,14 @@ def _write_lines(path, lines):
     f.write(''.join(ln + '\n' for ln in lines))
 
 
+def patn_annotation_row(name: str, kp: np.ndarray) -> str:
+  """One row of a PATN annotation CSV: `name: [y0, ..., y17]: [x0, ..., x17]`, rounded pixels, -1 missing."""
+  miss = kpl.is_missing(kp)
+  ys = [-1 if m else int(round(y)) for m, y in zip(miss, kp[:, 1])]
+  xs = [-1 if m else int(round(x)) for m, x in zip(miss, kp[:, 0])]
+  return f'{name}: {json.dumps(ys)}: {json.dumps(xs)}'
+
+
 def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: int, height: int, width: int,
              test_fraction: float = 0.2, fmt: str = 'pidm', difficulty: str = 'standard') -> dict:
   """Writes the synthetic dataset under out_dir and returns its counts.
@@ -171,13 +179,7 @@ def generate(out_dir: str, *, seed: int, identities: int, views_per_identity: in
     else:
       rows = [f'{fashion_name(s)},{fashion_name(t)}' for g in idents for s, _ in g for t, _ in g if s != t]
       _write_lines(os.path.join(out_dir, f'fasion-resize-pairs-{split}.csv'), ['from,to'] + rows)
-      ann = ['name:keypoints_y:keypoints_x']
-      for g in idents:
-        for r, kp in g:
-          miss = kpl.is_missing(kp)
-          ys = [-1 if m else int(round(y)) for m, y in zip(miss, kp[:, 1])]
-          xs = [-1 if m else int(round(x)) for m, x in zip(miss, kp[:, 0])]
-          ann.append(f'{fashion_name(r)}: {json.dumps(ys)}: {json.dumps(xs)}')
+      ann = ['name:keypoints_y:keypoints_x'] + [patn_annotation_row(fashion_name(r), kp) for g in idents for r, kp in g]
       _write_lines(os.path.join(out_dir, f'fasion-resize-annotation-{split}.csv'), ann)
       lines = rows
     counts[f'{split}_pairs'] = len(lines)

@@ -18,9 +18,8 @@ import re
 import cv2
 import numpy as np
 
-from reposedm_jax.data import keypoints as kpl
 from reposedm_jax.data.errors import BadExampleError
-from reposedm_jax.data.synthetic import render_identity, split_identities
+from reposedm_jax.data.synthetic import patn_annotation_row, render_identity, split_identities
 
 NAME = re.compile(r'^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.(jpg|jpeg|png)$', re.IGNORECASE)
 FOLDERS = ('bounding_box_train', 'query', 'bounding_box_test')
@@ -74,13 +73,6 @@ def load_image(path: str, hw) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- synthetic Market-1501
 
-def _annotation_row(name: str, kp: np.ndarray) -> str:
-  miss = kpl.is_missing(kp)
-  ys = [-1 if m else int(round(y)) for m, y in zip(miss, kp[:, 1])]
-  xs = [-1 if m else int(round(x)) for m, x in zip(miss, kp[:, 0])]
-  return f'{name}: {json.dumps(ys)}: {json.dumps(xs)}'
-
-
 def write_synthetic(out_dir: str, *, seed: int = 0, identities: int = 24, views: int = 6, height: int = 128,
                     width: int = 64, test_fraction: float = 0.5, distractors: int = 4, junk: int = 2) -> dict:
   """A synthetic population in Market-1501's re-ID folders and, for the same training people, the PATN files the
@@ -119,7 +111,7 @@ def write_synthetic(out_dir: str, *, seed: int = 0, identities: int = 24, views:
       write(folder, name, image)
       write(split, name, image)  # the pose-transfer view of the same image
       counts[folder] += 1
-      ann[split].append(_annotation_row(name, kp))
+      ann[split].append(patn_annotation_row(name, kp))
       names.append(name)
     pairs[split].extend(f'{s},{t}' for s in names for t in names if s != t)
   for split in ('train', 'test'):

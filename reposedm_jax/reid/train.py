@@ -106,10 +106,16 @@ def train_step(state, batch, *, rcfg, num_ids: int):
 
 # ----------------------------------------------------------------------------- features and evaluation
 
+@functools.lru_cache(maxsize=8)
+def _feature_fn(num_ids: int, blocks: tuple, last_stride: int):
+  """One jitted feature extractor per network: query and gallery share its compilation."""
+  net = ReIDNet(num_ids, blocks, last_stride=last_stride)
+  return jax.jit(lambda v, x: net.apply(v, x, train=False)['feature'])
+
+
 def extract(rcfg, variables: dict, num_ids: int, images: list[market.Image]) -> np.ndarray:
   """BN-neck features [N, 2048] of images (eval-mode BatchNorm), in batches of reid.eval_batch_size."""
-  net = ReIDNet(num_ids, tuple(rcfg.blocks), last_stride=rcfg.last_stride)
-  fn = jax.jit(lambda v, x: net.apply(v, x, train=False)['feature'])
+  fn = _feature_fn(num_ids, tuple(rcfg.blocks), rcfg.last_stride)
   hw, b = (rcfg.height, rcfg.width), rcfg.eval_batch_size
   out = []
   for i in range(0, len(images), b):
