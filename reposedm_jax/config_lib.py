@@ -16,10 +16,14 @@ from reposedm_jax.diffusion import gaussian
 from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.metrics import lpips, pose_accuracy, ssim
 from reposedm_jax.models import aligned, b2, factory, hrnet, layers, unet
+from reposedm_jax.convert import sd as sd_convert
+from reposedm_jax.models.autoencoder import vae_config_for
 from reposedm_jax.reid import train as reid_train
+from reposedm_jax.sd import model as sd_model
 
 # config.mode: the job main.py runs.
-MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose', 'reid_train', 'reid_eval', 'reid_augment')
+MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose', 'reid_train', 'reid_eval', 'reid_augment',
+         'sd_train', 'sd_sample', 'sd_eval', 'sd_train_detector')
 
 
 class ConfigError(ValueError):
@@ -74,7 +78,7 @@ def validate(config) -> None:
   if d.format == 'tfds':
     _check(bool(d.tfds_dir) and os.path.isdir(d.tfds_dir),
            f'config.data.tfds_dir={d.tfds_dir!r} is not a directory (run --config.mode=prepare first)', p)
-  else:
+  elif not config.mode.startswith('sd_'):  # RePoseSD reads config.sd's roots (_validate_sd)
     _check(bool(d.root) and os.path.isdir(d.root),
            f'config.data.root={d.root!r} is not a directory (pass --config.data.root=/path/to/dataset)', p)
   if config.mode == 'prepare':
@@ -126,6 +130,8 @@ def validate(config) -> None:
   _validate_pose(config, n_dev, p)
   if config.mode.startswith('reid_'):
     _validate_reid(config, p)
+  if config.mode.startswith('sd_'):
+    _validate_sd(config, p)
   if p:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(p))
 
@@ -154,6 +160,32 @@ def validate_eval(eval_cfg) -> None:
   p = eval_problems(eval_cfg)
   if p:
     raise ConfigError('Invalid eval config:\n  - ' + '\n  - '.join(p))
+
+
+def _validate_sd(config, p: list[str]) -> None:
+  s = config.sd if 'sd' in config else None
+  if s is None:
+    p.append(f'config.mode={config.mode!r} needs a RePoseSD config (--config=configs/reposesd.py)')
+    return
+  _check(s.prediction in sd_model.PREDICTIONS, f'sd.prediction={s.prediction!r} must be one of {sd_model.PREDICTIONS}', p)
+  _check(s.unet_preset in sd_convert.PRESETS, f'sd.unet_preset={s.unet_preset!r} must be one of {tuple(sd_convert.PRESETS)}', p)
+  _check(s.text_preset in sd_model.TEXT_PRESETS,
+         f'sd.text_preset={s.text_preset!r} must be one of {tuple(sd_model.TEXT_PRESETS)}', p)
+  _check(os.path.isfile(s.vocab), f'sd.vocab={s.vocab!r}: no such file (bpe_simple_vocab_16e6.txt.gz, or an '
+         'open_clip_torch wheel that holds it)', p)
+  training = config.mode in ('sd_train', 'sd_train_detector')
+  root = s.train_root if training else s.eval_root
+  _check(bool(root) and os.path.isdir(root), f'sd.{"train" if training else "eval"}_root={root!r} '
+         'is not a directory (HumanSD layout: a mapping JSON beside images/ and pose/)', p)
+  if s.unet_preset in sd_convert.PRESETS:
+    f = vae_config_for(config.latent).downsample * 2 ** (len(sd_convert.PRESETS[s.unet_preset].block_out_channels) - 1)
+    _check(s.image_size % f == 0, f'sd.image_size={s.image_size} must be a multiple of {f} (the VAE factor times '
+           "the U-Net's levels)", p)
+  for key in ('batch_size', 'num_steps', 'log_every', 'ckpt_every', 'sample_steps', 'eval_batch_size', 'max_persons'):
+    _check(s[key] > 0, f'sd.{key}={s[key]} must be positive', p)
+  _check(0 <= s.text_drop < 1 and 0 <= s.hflip <= 1, 'sd.text_drop must be in [0, 1) and sd.hflip in [0, 1]', p)
+  for key, d in (('unet_dir', s.unet_dir), ('text_dir', s.text_dir), ('detector_dir', s.detector_dir)):
+    _check(not d or os.path.isdir(d), f'sd.{key}={d!r} is not a directory', p)
 
 
 def _validate_reid(config, p: list[str]) -> None:

@@ -68,6 +68,13 @@ def run_mode(config, workdir: str):
   if config.mode == 'reid_augment':
     from reposedm_jax.reid import augment
     return augment.run_augment(config, workdir)
+  if config.mode == 'sd_train_detector':
+    from reposedm_jax.sd import detector_train
+    return detector_train.run_train_detector(config, workdir)
+  if config.mode in ('sd_train', 'sd_sample', 'sd_eval'):
+    from reposedm_jax.sd import train as sd_train
+    return {'sd_train': sd_train.run_train, 'sd_sample': sd_train.run_sample,
+            'sd_eval': sd_train.run_eval}[config.mode](config, workdir)
   if config.mode == 'prepare':
     from reposedm_jax.data import tfds_builder
     prepared = tfds_builder.prepare(config.data)

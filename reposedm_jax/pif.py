@@ -279,14 +279,15 @@ def train_terms(pcfg, heat_fn: HeatFn, heads: Heads, out: jax.Array, *, sched, x
   return jnp.concatenate([eps, v], axis=-1), jnp.float32(0.0), metrics
 
 
-def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_openpose: jax.Array,
-                        cfg_scale: float, image_hw=None, clip: bool = True):
+def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_openpose: jax.Array | None,
+                        cfg_scale: float, image_hw=None, clip: bool = True, ref: jax.Array | None = None):
   """Eq. 16's third term as the samplers' eps_correction_fn(x_t, t_index, eps, pred_x0) -> ε̂.
 
   `sched` is the schedule the sampler indexes (respaced for DDPM); guidance acts only where the
   schedule's original timestep is <= pif.sample_t_max; ∇G is low-passed by `pif.grad_blur` x H. Only the
   target keypoints are used: no ground truth exists at test time. The term is multiplied by w_c (pif.sample_times_cfg), as eq. 16 writes it.
   `image_hw` / `clip`: as in `train_terms` (latent mode: the pixel size, and no clip of the latent x̂0).
+  `ref`: a precomputed reference instead of `tgt_kpts_openpose`'s (RePoseSD's multi-person heatmaps).
   """
   scale = pcfg.sample_scale * (cfg_scale if pcfg.sample_times_cfg else 1.0)
   acp_table = jnp.asarray(sched.alphas_cumprod, jnp.float32)
@@ -294,8 +295,9 @@ def sampling_correction(pcfg, heat_fn: HeatFn, heads: Heads, sched, tgt_kpts_ope
 
   def guided(t_index, eps, pred_x0):
     p_tilde = jnp.clip(pred_x0, -1.0, 1.0) if clip else pred_x0
-    ref = reference_heatmaps(tgt_kpts_openpose, p_tilde.shape[1:3] if image_hw is None else tuple(image_hw), heads)
-    _, grad = guidance_gradient(heat_fn, p_tilde, ref, **_g_kwargs(pcfg, 'heatmaps'))
+    r = ref if ref is not None else reference_heatmaps(
+        tgt_kpts_openpose, p_tilde.shape[1:3] if image_hw is None else tuple(image_hw), heads)
+    _, grad = guidance_gradient(heat_fn, p_tilde, r, **_g_kwargs(pcfg, 'heatmaps'))
     grad = low_pass(grad, pcfg.grad_blur * grad.shape[1])
     return eps + guidance_term(grad, acp_table[t_index], scale).astype(eps.dtype)
 

@@ -84,5 +84,28 @@ def test_converter_widens_conv_in_with_zeros_so_the_pose_latent_changes_nothing_
   del bad['conv_out.bias']
   with pytest.raises(ValueError, match='1 missing.*conv_out/bias.*1 mis-shaped.*proj_in'):
     sd_convert.convert_state_dict(bad, cfg)
-  with pytest.raises(ValueError, match='original ldm'):
+  with pytest.raises(ValueError, match=r"1 unexpected \['conv_in.weight"):  # an ldm name is read as diffusers' one
     sd_convert.convert_state_dict({'model.diffusion_model.input_blocks.0.0.weight': np.zeros(1)}, cfg)
+
+
+@pytest.mark.parametrize('cfg', [unet.TINY, dataclasses.replace(unet.TINY, block_out_channels=(32, 64, 64),
+                                                                 layers_per_block=2, attention_head_dim=(2, 4, 4))])
+def test_ldm_layout_names_are_those_diffusers_own_converter_reads(cfg):
+  """The ldm checkpoint is made from a diffusers one by inverting our prefix pairs; diffusers'
+  `convert_ldm_unet_checkpoint` (an independent mapping) must give the diffusers state dict back exactly, and our
+  converter the same parameters from both layouts (a whole-model ckpt: VAE / text keys beside are skipped)."""
+  from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+  tm = _torch_unet(cfg, seed=2)
+  sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+  inverse = [(dif, ldm) for ldm, dif in sd_convert.ldm_prefix_pairs(cfg)]
+  ldm = {sd_convert.LDM_PREFIX + k: v for k, v in sd_convert.rename_prefixes(sd, inverse).items()}
+  assert not any(k.startswith(tuple(sd_convert.LDM_PREFIX + p for p in ('down_blocks', 'up_blocks', 'mid_block')))
+                 for k in ldm)
+  back = convert_ldm_unet_checkpoint({k: torch.from_numpy(v) for k, v in ldm.items()}, dict(tm.config))
+  assert set(back) == set(sd)
+  for k in sd:
+    np.testing.assert_array_equal(back[k].numpy(), sd[k], err_msg=k)
+  ldm['first_stage_model.encoder.conv_in.weight'] = np.zeros((1,), np.float32)
+  ldm['cond_stage_model.model.token_embedding.weight'] = np.zeros((1,), np.float32)
+  a, b = sd_convert.convert_state_dict(sd, cfg, 4), sd_convert.convert_state_dict(ldm, cfg, 4)
+  jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -12,6 +12,8 @@ transformers' `position_ids` buffers.
   python -m reposedm_jax.convert sd_text --src text_encoder/model.safetensors --dst weights/sd21_text
 """
 
+import dataclasses
+import json
 import os
 import re
 from typing import Mapping
@@ -31,6 +33,9 @@ _DROPPED = re.compile(r'^(visual\.|text_projection|logit_scale|attn_mask|text_mo
 _HF = {'self_attn.q_proj': 'q', 'self_attn.k_proj': 'k', 'self_attn.v_proj': 'v', 'self_attn.out_proj': 'out',
        'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'fc1', 'mlp.fc2': 'fc2'}
 _OC = {'attn.out_proj': 'out', 'ln_1': 'ln_1', 'ln_2': 'ln_2', 'mlp.c_fc': 'fc1', 'mlp.c_proj': 'fc2'}
+
+
+META_FILE = 'text.json'
 
 
 def normalise(sd: Mapping[str, np.ndarray], cfg: TextConfig) -> dict[str, np.ndarray]:
@@ -107,6 +112,9 @@ def _define_flags():
 def _main(argv):
   del argv
   f = flags.FLAGS
-  params = convert_state_dict(load_state_dict(f.src), PRESETS[f.preset])
+  cfg = PRESETS[f.preset]
+  params = convert_state_dict(load_state_dict(f.src), cfg)
   dst = checkpoint.save_params(os.path.join(os.path.abspath(f.dst), 'params'), params)
+  with open(os.path.join(os.path.abspath(f.dst), META_FILE), 'w') as fh:  # the architecture, for RePoseSD
+    json.dump({**dataclasses.asdict(cfg), 'source': os.path.abspath(f.src)}, fh, indent=1)
   print(f'Converted {sum(np.size(v) for v in jax.tree.leaves(params)):,} text-encoder parameters to {dst}')

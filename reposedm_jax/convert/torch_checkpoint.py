@@ -303,6 +303,13 @@ def load_pickle_restricted(path: str, allowed: Iterable[str] = NUMPY_GLOBALS) ->
     return _AllowListUnpickler(f, allowed).load()
 
 
+def loads_restricted(data: bytes, allowed: Iterable[str] = NUMPY_GLOBALS) -> Any:
+  """`load_pickle_restricted` for pickle bytes already in memory (e.g. an object array inside an .npz)."""
+  import io
+  allowed = frozenset(_normalise_global(a) for a in allowed)
+  return _AllowListUnpickler(io.BytesIO(data), allowed).load()
+
+
 def sha256_file(path: str) -> str:
   """Hex sha256 of a file, read in 1 MiB chunks (weights are checked before they are unpickled)."""
   digest = hashlib.sha256()
