@@ -9,7 +9,7 @@ DEMO_CONFIG := --config=configs/demo.py:variant=full
 DEMO_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: venv test demo ablation reid-demo lint clean-demo pose-venv app
+.PHONY: venv test demo ablation reid-demo reposesd-tiny lint clean-demo pose-venv app
 
 venv: $(STAMP)
 
@@ -55,6 +55,29 @@ reid-demo: $(STAMP)
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/reid_demo.py:generator --workdir=runs/reid_demo/generator
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main --config=configs/reid_demo.py --workdir=runs/reid_demo
 	@cat runs/reid_demo/reid/table.md
+
+# RePoseSD at tiny size on synthetic multi-person text-image-pose data (HumanSD's layout): a small VAE, the guide
+# (HigherHRNet, seed 0) and the metrics detector (seed 1) trained on the data, then HumanSD's loss vs RePoseSD's
+# (eq. 17 + guided sampling), each sampled and scored with HumanSD's metrics. Every stage resumes / skips what exists.
+SD_RUN := runs/reposesd_tiny
+SD_TINY := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m reposedm_jax.main --config=configs/reposesd.py:tiny
+SD_PARTS := --config.latent.vae_dir=$(SD_RUN)/vae --config.pose.checkpoint=$(SD_RUN)/guide \
+	--config.sd.detector_dir=$(SD_RUN)/judge
+reposesd-tiny: $(STAMP)
+	test -f $(SD_RUN)/data/humanart/mapping_file_validation.json || $(PY) -m reposedm_jax.sd.synthetic \
+		--out $(SD_RUN)/data --train 400 --val 32 --height 80 --width 72
+	test -f $(SD_RUN)/vae/vae_eval.json || $(SD_TINY) --workdir=$(SD_RUN)/vae --config.mode=sd_train_vae
+	test -f $(SD_RUN)/guide/pose_eval.json || $(SD_TINY) --workdir=$(SD_RUN)/guide --config.mode=sd_train_detector
+	test -f $(SD_RUN)/judge/pose_eval.json || $(SD_TINY) --workdir=$(SD_RUN)/judge --config.mode=sd_train_detector \
+		--config.seed=1
+	for v in humansd reposesd; do \
+		a=$$( [ $$v = humansd ] && echo ':tiny,humansd' || echo ':tiny' ); \
+		for m in sd_train sd_sample sd_eval; do \
+			JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m reposedm_jax.main --config=configs/reposesd.py$$a \
+				--workdir=$(SD_RUN)/$$v --config.mode=$$m $(SD_PARTS) || exit 1; \
+		done; \
+	done
+	$(PY) -m reposedm_jax.sd.report --run $(SD_RUN) --out docs/reposesd
 
 clean-demo:
 	rm -rf $(DEMO)

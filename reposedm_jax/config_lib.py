@@ -23,7 +23,7 @@ from reposedm_jax.sd import model as sd_model
 
 # config.mode: the job main.py runs.
 MODES = ('train', 'sample', 'eval', 'prepare', 'train_pose', 'reid_train', 'reid_eval', 'reid_augment',
-         'sd_train', 'sd_sample', 'sd_eval', 'sd_train_detector')
+         'sd_train', 'sd_sample', 'sd_eval', 'sd_train_detector', 'sd_train_vae')
 
 
 class ConfigError(ValueError):
@@ -173,7 +173,7 @@ def _validate_sd(config, p: list[str]) -> None:
          f'sd.text_preset={s.text_preset!r} must be one of {tuple(sd_model.TEXT_PRESETS)}', p)
   _check(os.path.isfile(s.vocab), f'sd.vocab={s.vocab!r}: no such file (bpe_simple_vocab_16e6.txt.gz, or an '
          'open_clip_torch wheel that holds it)', p)
-  training = config.mode in ('sd_train', 'sd_train_detector')
+  training = config.mode in ('sd_train', 'sd_train_detector', 'sd_train_vae')
   root = s.train_root if training else s.eval_root
   _check(bool(root) and os.path.isdir(root), f'sd.{"train" if training else "eval"}_root={root!r} '
          'is not a directory (HumanSD layout: a mapping JSON beside images/ and pose/)', p)
@@ -183,6 +183,9 @@ def _validate_sd(config, p: list[str]) -> None:
            "the U-Net's levels)", p)
   for key in ('batch_size', 'num_steps', 'log_every', 'ckpt_every', 'sample_steps', 'eval_batch_size', 'max_persons'):
     _check(s[key] > 0, f'sd.{key}={s[key]} must be positive', p)
+  _check(s.batch_size % jax.device_count() == 0,
+         f'sd.batch_size={s.batch_size} must be divisible by the {jax.device_count()} devices', p)
+  _check(s.remat in layers.REMAT_POLICIES, f'sd.remat={s.remat!r} must be one of {tuple(layers.REMAT_POLICIES)}', p)
   _check(0 <= s.text_drop < 1 and 0 <= s.hflip <= 1, 'sd.text_drop must be in [0, 1) and sd.hflip in [0, 1]', p)
   for key, d in (('unet_dir', s.unet_dir), ('text_dir', s.text_dir), ('detector_dir', s.detector_dir)):
     _check(not d or os.path.isdir(d), f'sd.{key}={d!r} is not a directory', p)

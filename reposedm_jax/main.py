@@ -68,6 +68,9 @@ def run_mode(config, workdir: str):
   if config.mode == 'reid_augment':
     from reposedm_jax.reid import augment
     return augment.run_augment(config, workdir)
+  if config.mode == 'sd_train_vae':
+    from reposedm_jax.sd import vae_train
+    return vae_train.run_train_vae(config, workdir)
   if config.mode == 'sd_train_detector':
     from reposedm_jax.sd import detector_train
     return detector_train.run_train_detector(config, workdir)

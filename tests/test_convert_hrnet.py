@@ -60,6 +60,13 @@ def test_official_w32_state_dict_fills_every_variable():
   np.testing.assert_array_equal(variables['params']['final_layers_1']['bias'], sd['final_layers.1.bias'])
   for path in flat:
     assert convert.torch_key_to_variable(convert.variable_to_torch_key(path), flat[path].ndim) == path
+  # mmpose's layout (HumanSD's W48 checkpoints): the same tree under backbone. / keypoint_head.
+  head = ('final_layers.', 'deconv_layers.')
+  mm = {('keypoint_head.' if k.startswith(head) else 'backbone.') + k: v for k, v in sd.items()}
+  mm_vars, _ = convert.convert_hrnet_state_dict(mm, 'w32', 'mmpose')
+  jax.tree.map(np.testing.assert_array_equal, mm_vars, variables)
+  with pytest.raises(ValueError, match='unexpected'):
+    convert.convert_hrnet_state_dict({**mm, 'keypoint_head.extra.weight': np.zeros(1)}, 'w32', 'mmpose')
 
 
 def test_missing_and_misshaped_keys_are_listed():

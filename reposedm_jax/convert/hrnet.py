@@ -21,7 +21,7 @@ Files are read with the restricted unpicklers (zip: torch_checkpoint; pre-1.6: t
 
 CLI:
   python -m reposedm_jax.convert hrnet --src pose_higher_hrnet_w32_512.pth --dst weights/hrnet_w32 \
-      [--arch w32|w48] [--naming official|timm]
+      [--arch w32|w48] [--naming official|timm|mmpose]
 """
 
 import json
@@ -44,7 +44,9 @@ from reposedm_jax.models import hrnet
 
 VARIABLES_DIR = 'variables'
 META_FILE = 'hrnet.json'
-NAMINGS = ('official', 'timm')
+NAMINGS = ('official', 'timm', 'mmpose')
+# mmpose (HumanSD's HigherHRNet-W48 UDP checkpoints) prefixes the same module tree with these.
+MMPOSE_PREFIXES = re.compile(r'^(backbone|keypoint_head)\.')
 _BUFFERS = {'running_mean': 'mean', 'running_var': 'var'}
 _HEAD = re.compile(r'^(final_layers|deconv_layers)\.')
 _TIMM_HEAD = re.compile(r'^(incre_modules|downsamp_modules|final_layer|classifier)\.')
@@ -156,8 +158,11 @@ def convert_hrnet_state_dict(sd: Mapping[str, np.ndarray], arch_or_module, namin
   """PyTorch state dict -> ({'params', 'batch_stats'} nested dicts of float32 numpy arrays, not-filled paths).
 
   With naming='timm' the returned tree holds the backbone only; `fill_variables` merges it into an
-  initialised model.
+  initialised model. naming='mmpose' strips mmpose's `backbone.` / `keypoint_head.` prefixes, then reads the
+  keys as official ones (strictly: any other difference of mmpose's tree is listed, not guessed).
   """
+  if naming == 'mmpose':
+    sd, naming = {MMPOSE_PREFIXES.sub('', k): v for k, v in sd.items()}, 'official'
   mapping, dropped, not_filled = plan_hrnet_conversion({k: np.shape(v) for k, v in sd.items()}, arch_or_module,
                                                        naming)
   flat = {path: np.ascontiguousarray(torch_to_flax_layout(key, np.asarray(sd[key])), dtype=np.float32)
@@ -239,7 +244,8 @@ def _define_flags():
   flags.DEFINE_string('dst', None, 'Output directory (variables/ + hrnet.json).', required=True)
   flags.DEFINE_enum('arch', 'w32', sorted(hrnet.PRESETS), 'HigherHRNet architecture of the weights.')
   flags.DEFINE_enum('naming', 'official', list(NAMINGS),
-                    "'official' (pose_higher_hrnet_*.pth) or 'timm' (hrnet_w32/w48 ImageNet backbone only).")
+                    "'official' (pose_higher_hrnet_*.pth), 'timm' (hrnet_w32/w48 ImageNet backbone only) or "
+                    "'mmpose' (HumanSD's higherhrnet_w48_*_udp.pth: backbone./keypoint_head. prefixes)")
 
 
 def _main(argv):

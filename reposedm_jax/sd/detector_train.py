@@ -12,7 +12,6 @@ reads it; `pose_eval.json` holds the detector's AP on the held-out real images (
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,7 @@ import optax
 
 from reposedm_jax import checkpoint, logs, pif
 from reposedm_jax.models import hrnet
-from reposedm_jax.sd import data, detect
+from reposedm_jax.sd import data, detect, loop
 from reposedm_jax.sd import metrics as sd_metrics
 
 EVAL_FILE = 'pose_eval.json'
@@ -87,7 +86,8 @@ def run_train_detector(config, workdir: str) -> dict:
   records = data.read_mapping(s.train_root, s.train_mapping)
   kw = dict(size=s.image_size, max_persons=s.max_persons, threshold=s.keypoint_threshold)
   variables = hrnet.init_variables(module, jax.random.key(config.seed), (s.image_size, s.image_size))
-  sched = optax.warmup_cosine_decay_schedule(pcfg.lr * 0.1, pcfg.lr, pcfg.warmup_steps, pcfg.num_steps,
+  warmup = min(pcfg.warmup_steps, pcfg.num_steps - 1)  # optax needs the decay to outlast the warm-up
+  sched = optax.warmup_cosine_decay_schedule(pcfg.lr * 0.1, pcfg.lr, warmup, pcfg.num_steps,
                                              pcfg.lr * pcfg.final_lr_frac)
   tx = optax.chain(optax.clip_by_global_norm(pcfg.grad_clip), optax.adamw(sched, weight_decay=pcfg.weight_decay))
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
@@ -95,27 +95,17 @@ def run_train_detector(config, workdir: str) -> dict:
   manager = checkpoint.make_manager(workdir, pcfg.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state))
   state = restored if restored is not None else state
-  step = first = int(state['step'])
   step_fn = jax.jit(functools.partial(train_step, module=module, tx=tx, pcfg=pcfg, tag_weight=s.detector_tag_weight),
                     donate_argnums=0)
-  progress, stop, m = logs.Progress(pcfg.num_steps, first), checkpoint.StopFlag(), {}
-  try:
-    while step < pcfg.num_steps and not stop.stop:
-      b = data.batch_at(records, step, pcfg.batch_size, seed=config.seed, hflip=0.5, **kw)
-      t0 = time.time()
-      state, m = step_fn(state, b['image'], b['keypoints'])
-      step += 1
-      if step == first + 1:
-        jax.block_until_ready(m)
-        progress.exclude(time.time() - t0)
-        logs.log_line(f'first step (compile + run) {time.time() - t0:.1f} s, not counted in the rate')
-      if step % pcfg.log_every == 0 or step == pcfg.num_steps:
-        logs.log_line(progress.line(step, progress.rate(step), **{k: float(v) for k, v in m.items()}))
-      if step % pcfg.ckpt_every == 0:
-        checkpoint.save(manager, step, state)
-  finally:
-    stop.restore()
-  checkpoint.finish(manager, step, state, stopped=stop.stop)
+
+  def inputs_at(step):
+    b = data.batch_at(records, step, pcfg.batch_size, seed=config.seed, hflip=0.5, **kw)
+    return b['image'], b['keypoints']
+
+  state, step, _, stopped = loop.run(state, manager, total=pcfg.num_steps, log_every=pcfg.log_every,
+                                     ckpt_every=pcfg.ckpt_every, step_fn=step_fn, inputs_at=inputs_at)
+  if stopped:
+    return {}
   result = evaluate_detector(config, {'params': state['params'], 'batch_stats': state['batch_stats']}, module)
   with open(os.path.join(workdir, EVAL_FILE), 'w') as f:
     json.dump({**result, 'step': step, 'arch': pcfg.arch, 'seed': config.seed}, f, indent=1)

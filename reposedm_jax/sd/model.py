@@ -125,7 +125,7 @@ def unet_config(scfg, in_channels: int | None = None) -> UNetConfig:
   if meta:
     base = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()
                          if k in {f.name for f in dataclasses.fields(UNetConfig)}})
-  return dataclasses.replace(base, in_channels=in_channels or base.in_channels, dtype=scfg.dtype)
+  return dataclasses.replace(base, in_channels=in_channels or base.in_channels, dtype=scfg.dtype, remat=scfg.remat)
 
 
 def text_config(scfg) -> TextConfig:
@@ -146,8 +146,24 @@ def _read_meta(directory: str, name: str) -> Optional[dict]:
 
 
 def _random(what: str, init, seed: int):
+  """Random variables of `init`'s structure, drawn per leaf in numpy: lecun-normal kernels / embeddings, zero biases
+  and means, unit scales and variances. The modules' own initialisers would compile one init program per part
+  (10-25 s each for the tiny VAE and HigherHRNet on 2 CPU cores); smoke runs and tests need only the structure."""
   logging.warning('RePoseSD: RANDOMLY INITIALISED %s (no weights dir given): for tests and smoke runs only.', what)
-  return jax.jit(init)(jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, a):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name in ('bias', 'mean'):
+      return jnp.zeros(a.shape, a.dtype)
+    if name in ('scale', 'var') or a.ndim == 0:
+      return jnp.ones(a.shape, a.dtype)
+    fan_in = int(np.prod(a.shape[:-1])) if a.ndim > 1 else a.shape[0]
+    if name == 'embedding' or (a.ndim == 2 and 'position' in name):
+      fan_in = a.shape[-1]
+    return jnp.asarray(rng.normal(0.0, 1.0 / np.sqrt(max(fan_in, 1)), a.shape), a.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(init, jax.random.key(seed)))
 
 
 def build(config) -> Parts:

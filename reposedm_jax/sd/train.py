@@ -20,12 +20,13 @@ import optax
 from PIL import Image
 
 from reposedm_jax import checkpoint, logs, pif, pose_estimator, visualize
+from reposedm_jax import sharding as sharding_lib
 from reposedm_jax.convert import inception as inception_convert
 from reposedm_jax.diffusion import samplers
 from reposedm_jax.diffusion import schedule as schedule_lib
 from reposedm_jax.metrics import fid, inception
 from reposedm_jax.models import hrnet
-from reposedm_jax.sd import data, detector_train
+from reposedm_jax.sd import data, detector_train, loop
 from reposedm_jax.sd import metrics as sd_metrics
 from reposedm_jax.sd import model
 
@@ -72,43 +73,39 @@ def run_train(config, workdir: str) -> dict:
   tx = make_optimizer(s)
   params = model.init_unet_params(config, parts, jax.random.key(config.seed))
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  # Data parallel over config.mesh, or FSDP over config.fsdp_axis (the frozen parts replicated), as train.py.
+  mesh = sharding_lib.make_mesh(config.mesh)
+  shards = sharding_lib.state_shardings(jax.eval_shape(lambda: state), mesh, config.fsdp_axis,
+                                        config.train.fsdp_min_size)
+  state = sharding_lib.put_global(state, shards)
+  rep = sharding_lib.replicated(mesh)
+  frozen = sharding_lib.put_global(parts.frozen, jax.tree.map(lambda _: rep, parts.frozen))
   manager = checkpoint.make_manager(workdir, s.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state))
   state = restored if restored is not None else state
-  first = int(state['step'])
-  step_fn = jax.jit(functools.partial(train_step, parts=parts, config=config, sched=sched, tx=tx), donate_argnums=0)
+  step_fn = jax.jit(functools.partial(train_step, parts=parts, config=config, sched=sched, tx=tx),
+                    out_shardings=(shards, rep), donate_argnums=0)
   empty = parts.tokenizer.tokenize([''])[0]
-  writer, progress, stop = logs.MetricWriter(workdir), logs.Progress(s.num_steps, first), checkpoint.StopFlag()
   logs.log_line(f'RePoseSD: {len(records)} training examples, U-Net {hrnet.count_params(params):,} params, '
                 f'pif.train_mode={config.pif.train_mode}, prediction={s.prediction}')
-  step, m = first, {}
-  try:
-    while step < s.num_steps and not stop.stop:
-      b = data.batch_at(records, step, s.batch_size, seed=config.seed, hflip=s.hflip, **_data_kw(config))
-      tokens = drop_text(parts.tokenizer.tokenize(b['prompt']), empty, np.random.default_rng([config.seed, step, 1]),
-                         s.text_drop)
-      t0 = time.time()
-      state, m = step_fn(state, parts.frozen, b['image'], b['pose_image'], tokens, b['keypoints'])
-      step += 1
-      if step == first + 1:
-        jax.block_until_ready(m)
-        compile_s = time.time() - t0
-        progress.exclude(compile_s)
-        logs.log_line(f'first step (compile + run) {compile_s:.1f} s, not counted in the rate')
-      if not np.isfinite(float(m['loss'])):
-        raise FloatingPointError(f'non-finite loss at step {step}; the last checkpoint is step '
-                                 f'{manager.latest_step()} in {manager.directory}')
-      if step % s.log_every == 0 or step == s.num_steps:
-        vals = {k: float(v) for k, v in m.items()}
-        writer.scalars(step, vals)
-        logs.log_line(progress.line(step, progress.rate(step), **vals))
-      if step % s.ckpt_every == 0:
-        checkpoint.save(manager, step, state)
-  finally:
-    stop.restore()
-    writer.close()
-  checkpoint.finish(manager, step, state, stopped=stop.stop)
-  return {k: float(v) for k, v in m.items()}
+
+  def inputs_at(step):
+    b = data.batch_at(records, step, s.batch_size, seed=config.seed, hflip=s.hflip, **_data_kw(config))
+    tokens = drop_text(parts.tokenizer.tokenize(b['prompt']), empty, np.random.default_rng([config.seed, step, 1]),
+                       s.text_drop)
+    g = _global_batch({'image': b['image'], 'pose_image': b['pose_image'], 'tokens': tokens,
+                       'keypoints': b['keypoints']}, mesh)
+    return frozen, g['image'], g['pose_image'], g['tokens'], g['keypoints']
+
+  _, _, m, _ = loop.run(state, manager, total=s.num_steps, log_every=s.log_every, ckpt_every=s.ckpt_every,
+                        step_fn=step_fn, inputs_at=inputs_at, writer=logs.MetricWriter(workdir))
+  return m
+
+
+def _global_batch(host: dict, mesh) -> dict:
+  """Every process builds the whole batch (a function of (seed, step)) and feeds its own rows."""
+  n, i = jax.process_count(), jax.process_index()
+  return sharding_lib.global_batch({k: v[i * len(v) // n:(i + 1) * len(v) // n] for k, v in host.items()}, mesh)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -231,7 +228,8 @@ def run_eval(config, workdir: str) -> dict:
     gen_u8.append(gen)
     real_u8.append(visualize.to_uint8(b['image']))
   result = sd_metrics.pose_metrics(gt, dets, (s.image_size, s.image_size), replicate_y_bug=s.cap_replicate_y_bug)
-  result.update(_fid(np.concatenate(gen_u8), np.concatenate(real_u8)))
+  if s.fid:
+    result.update(_fid(np.concatenate(gen_u8), np.concatenate(real_u8)))
   result.update({'images': len(records), 'tag': tag, 'detector': s.detector_dir or 'the guide (config.pose)'})
   os.makedirs(os.path.join(workdir, EVAL_DIR), exist_ok=True)
   with open(os.path.join(workdir, EVAL_DIR, f'{tag}.json'), 'w') as fh:

@@ -11,7 +11,8 @@ Channel-last (NHWC). Details that matter for parity:
     proj_out (Linear) + residual; BasicTransformerBlock: LayerNorm -> self-attn, LayerNorm -> cross-attn on the
     text context, LayerNorm -> GEGLU feed-forward (exact GELU), each residual;
   - `attention_head_dim` is, as in diffusers' SD 2.x configs, the number of heads per level (5, 10, 20, 20).
-Softmax and norms in float32 (SD-2.1-768 sets upcast_attention); `dtype` is the compute dtype of convs/matmuls.
+Softmax and norms in float32 (SD-2.1-768 sets upcast_attention); `dtype` is the compute dtype of convs/matmuls;
+`remat` wraps every ResNet and transformer block in nn.remat (parameter paths unchanged).
 """
 
 import dataclasses
@@ -21,6 +22,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from reposedm_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,7 @@ class UNetConfig:
   out_channels: int = 4
   norm_groups: int = 32
   dtype: str = 'float32'
+  remat: str = 'none'  # models.layers.REMAT_POLICIES: recompute each ResNet / transformer block in the backward
 
 
 TINY = UNetConfig(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4), cross_attention_dim=32,
@@ -168,16 +172,18 @@ class Block(nn.Module):
   groups: int
   resample: str  # '' | 'down' | 'up'
   dtype: jnp.dtype = jnp.float32
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, h, temb, context, skips=None):
     outs = []
+    res_cls, attn_cls = layers.remat(ResnetBlock2D, self.remat), layers.remat(Transformer2DModel, self.remat)
     for j in range(self.n):
       if skips is not None:
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-      h = ResnetBlock2D(self.out, self.groups, self.dtype, name=f'resnets_{j}')(h, temb)
+      h = res_cls(self.out, self.groups, self.dtype, name=f'resnets_{j}')(h, temb)
       if self.heads:
-        h = Transformer2DModel(self.heads, self.groups, self.dtype, name=f'attentions_{j}')(h, context)
+        h = attn_cls(self.heads, self.groups, self.dtype, name=f'attentions_{j}')(h, context)
       outs.append(h)
     if self.resample:
       h = Resample(self.out, self.resample == 'up', self.dtype,
@@ -216,12 +222,12 @@ class UNet2DConditionModel(nn.Module):
     for i, out in enumerate(chans):
       last = i == levels - 1
       h, outs = Block(out, cfg.layers_per_block, 0 if last else heads[i], groups, '' if last else 'down', dt,
-                      name=f'down_blocks_{i}')(h, temb, context)
+                      cfg.remat, name=f'down_blocks_{i}')(h, temb, context)
       skips += outs
     h = MidBlock(chans[-1], heads[-1], groups, dt, name='mid_block')(h, temb, context)
     for i, out in enumerate(reversed(chans)):
       level = levels - 1 - i
       h, _ = Block(out, cfg.layers_per_block + 1, 0 if i == 0 else heads[level], groups,
-                   'up' if i < levels - 1 else '', dt, name=f'up_blocks_{i}')(h, temb, context, skips)
+                   'up' if i < levels - 1 else '', dt, cfg.remat, name=f'up_blocks_{i}')(h, temb, context, skips)
     h = nn.silu(nn.GroupNorm(groups, epsilon=1e-5, name='conv_norm_out')(h))
     return nn.Conv(cfg.out_channels, (3, 3), padding=1, dtype=dt, name='conv_out')(h).astype(jnp.float32)
