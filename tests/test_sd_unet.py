@@ -109,3 +109,30 @@ def test_ldm_layout_names_are_those_diffusers_own_converter_reads(cfg):
   ldm['cond_stage_model.model.token_embedding.weight'] = np.zeros((1,), np.float32)
   a, b = sd_convert.convert_state_dict(sd, cfg, 4), sd_convert.convert_state_dict(ldm, cfg, 4)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_full_size_sd21_layouts_map_completely_without_their_data():
+  """SD-2.1's own key list and shapes (diffusers' U-Net built on the meta device: no memory), in diffusers' layout
+  and, through diffusers' converter's inverse check, in ldm's: every tensor maps, nothing is left over."""
+  cfg = unet.UNetConfig()
+  with torch.device('meta'):
+    tm = diffusers.UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        down_block_types=('CrossAttnDownBlock2D',) * 3 + ('DownBlock2D',),
+        up_block_types=('UpBlock2D',) + ('CrossAttnUpBlock2D',) * 3)
+  shapes = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
+  fake = {k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in shapes.items()}  # shapes without data
+  _, plan = sd_convert.plan(fake, cfg)
+  assert len(plan) == len(shapes) == 686
+  assert sum(int(np.prod(s)) for s in shapes.values()) == 865_910_724
+  from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+  inverse = [(dif, ldm) for ldm, dif in sd_convert.ldm_prefix_pairs(cfg)]
+  ldm = {sd_convert.LDM_PREFIX + k: v for k, v in sd_convert.rename_prefixes(fake, inverse).items()}
+  assert 'model.diffusion_model.output_blocks.8.2.conv.weight' in ldm  # SD's last attention upsampler
+  assert 'model.diffusion_model.input_blocks.11.0.out_layers.3.weight' in ldm
+  meta = {k: torch.empty(v.shape, device='meta') for k, v in ldm.items()}
+  back = convert_ldm_unet_checkpoint(meta, dict(tm.config))
+  assert {k: tuple(v.shape) for k, v in back.items()} == shapes
+  _, ldm_plan = sd_convert.plan(ldm, cfg)
+  assert ldm_plan == plan

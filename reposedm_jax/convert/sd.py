@@ -94,14 +94,20 @@ def from_ldm(sd: Mapping[str, np.ndarray], cfg: UNetConfig) -> dict:
   return rename_prefixes(sd, ldm_prefix_pairs(cfg))
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: UNetConfig, extra_in_channels: int = 0) -> dict:
-  """A diffusers or ldm SD U-Net state dict -> the Flax params tree of `cfg` with conv_in widened."""
+def plan(sd: Mapping[str, np.ndarray], cfg: UNetConfig) -> tuple[dict, dict]:
+  """(the state dict in diffusers' names, {Flax path: key}) after the strict name and shape check; reads shapes only,
+  so it runs on the key list of a full-size checkpoint without its data."""
   if any(k.startswith((LDM_PREFIX, 'input_blocks.')) for k in sd):
     sd = from_ldm(sd, cfg)
-  plan = mapping.match_keys(sd.items(), expected_shapes(cfg), flax_path,
-                            lambda shape: torch_layout(np.empty(shape, np.uint8)).shape,
-                            f'SD U-Net state dict does not match block_out_channels={tuple(cfg.block_out_channels)}')
-  params = mapping.nest(plan, sd, lambda v: np.ascontiguousarray(torch_layout(np.asarray(v, np.float32))))
+  return sd, mapping.match_keys(sd.items(), expected_shapes(cfg), flax_path,
+                                lambda shape: torch_layout(np.empty(shape, np.uint8)).shape,
+                                f'SD U-Net state dict does not match block_out_channels={tuple(cfg.block_out_channels)}')
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: UNetConfig, extra_in_channels: int = 0) -> dict:
+  """A diffusers or ldm SD U-Net state dict -> the Flax params tree of `cfg` with conv_in widened."""
+  sd, plan_ = plan(sd, cfg)
+  params = mapping.nest(plan_, sd, lambda v: np.ascontiguousarray(torch_layout(np.asarray(v, np.float32))))
   if extra_in_channels:
     k = params['conv_in']['kernel']  # [3, 3, in, out]
     params['conv_in']['kernel'] = np.concatenate([k, np.zeros(k.shape[:2] + (extra_in_channels,) + k.shape[3:],
