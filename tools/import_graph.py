@@ -28,20 +28,23 @@ LAYERS = {
     'reposedm_jax.models': 1, 'reposedm_jax.diffusion': 1, 'reposedm_jax.data': 1, 'reposedm_jax.metrics': 1,
     'reposedm_jax.pif': 1, 'reposedm_jax.rpa_training': 1,
     'reposedm_jax.reid': 1,  # ResNet-50, Market-1501's protocol and folders; its jobs below
-    'reposedm_jax.sd': 1,  # RePoseSD's networks (SD 2.x U-Net)
+    'reposedm_jax.sd': 1,  # RePoseSD's networks (SD 2.x U-Net, text tower), data, metrics, grouping
     # 2: weights in and out, train states, the frozen pose estimator, the sampler.
     'reposedm_jax.convert': 2, 'reposedm_jax.checkpoint': 2, 'reposedm_jax.train_state': 2,
     'reposedm_jax.pose_estimator': 2, 'reposedm_jax.sample': 2,
     'reposedm_jax.latent': 2,  # latent mode's frozen VAE between the data and the model (loads weights)
     'reposedm_jax.visualize': 2,  # grids draw poses with data.pose
+    'reposedm_jax.sd.model': 2, 'reposedm_jax.sd.loop': 2,  # RePoseSD's parts (loads weights), its train loop
     # 3: the jobs, and the validator of their configs (it reads each job's vocabulary).
     'reposedm_jax.train': 3, 'reposedm_jax.pose_train': 3, 'reposedm_jax.evaluation': 3,
     'reposedm_jax.config_lib': 3,
     'reposedm_jax.reid.train': 3,  # mode=reid_train / reid_eval
+    'reposedm_jax.sd.train': 3, 'reposedm_jax.sd.detector_train': 3, 'reposedm_jax.sd.vae_train': 3,  # sd_* modes
     'reposedm_jax.run_weights': 3,  # a run's config and weights in, an export out (predict's and export's)
     # 4: entry points and tools built on the jobs.
     'reposedm_jax.main': 4, 'reposedm_jax.study': 4, 'reposedm_jax.ablation': 4,
     'reposedm_jax.predict': 4, 'reposedm_jax.export': 4, 'reposedm_jax.app': 4,
+    'reposedm_jax.sd.report': 4,  # make reposesd-tiny's table and grid
     'reposedm_jax.reid.augment': 4,  # mode=reid_augment: generates with predict's loader, trains with reid.train
 }
 # Function-local imports of the package's own modules that are allowed: main.py's mode dispatch (each
