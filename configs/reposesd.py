@@ -66,6 +66,7 @@ def get_config(arg=None):
   # Metrics: the detector (a converted HigherHRNet; '' = the guide, config.pose), its grouping and pose NMS.
   s.detector_dir = ''
   s.detection_threshold = 0.1
+  s.nms_kernel = 5  # HigherHRNet's peak NMS window
   s.tag_threshold = 1.0
   s.pose_nms_threshold = 1.0  # HumanSD's pose_nms_thr=1.0: no suppression
   s.cap_replicate_y_bug = False

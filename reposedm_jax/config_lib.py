@@ -177,10 +177,24 @@ def _validate_sd(config, p: list[str]) -> None:
   root = s.train_root if training else s.eval_root
   _check(bool(root) and os.path.isdir(root), f'sd.{"train" if training else "eval"}_root={root!r} '
          'is not a directory (HumanSD layout: a mapping JSON beside images/ and pose/)', p)
-  if s.unet_preset in sd_convert.PRESETS:
-    f = vae_config_for(config.latent).downsample * 2 ** (len(sd_convert.PRESETS[s.unet_preset].block_out_channels) - 1)
+  try:
+    vae_factor = vae_config_for(config.latent).downsample
+  except (ValueError, FileNotFoundError) as e:
+    p.append(f'RePoseSD needs the VAE: {e}')
+    vae_factor = None
+  if s.unet_preset in sd_convert.PRESETS and vae_factor:
+    f = vae_factor * 2 ** (len(sd_convert.PRESETS[s.unet_preset].block_out_channels) - 1)
     _check(s.image_size % f == 0, f'sd.image_size={s.image_size} must be a multiple of {f} (the VAE factor times '
            "the U-Net's levels)", p)
+  _check(s.dtype in unet.DTYPES, f'sd.dtype={s.dtype!r} must be one of {unet.DTYPES}', p)
+  _check(0 < s.sample_steps <= s.num_timesteps, f'sd.sample_steps={s.sample_steps} must be in [1, sd.num_timesteps]', p)
+  _check(config.pif.source == 'x0' and config.pif.reference == 'heatmaps',
+         f"RePoseSD's PIF reads x̂0 against the multi-person heatmaps: pif.source must be 'x0' (got "
+         f"{config.pif.source!r}) and pif.reference 'heatmaps' (got {config.pif.reference!r})", p)
+  _check(s.nms_kernel % 2 == 1 and s.nms_kernel >= 1, f'sd.nms_kernel={s.nms_kernel} must be odd and >= 1', p)
+  if s.unet_dir:
+    _check(os.path.isfile(os.path.join(s.unet_dir, sd_convert.META_FILE)),
+           f'sd.unet_dir={s.unet_dir!r} has no {sd_convert.META_FILE}: convert with `python -m reposedm_jax.convert sd`', p)
   for key in ('batch_size', 'num_steps', 'log_every', 'ckpt_every', 'sample_steps', 'eval_batch_size', 'max_persons'):
     _check(s[key] > 0, f'sd.{key}={s[key]} must be positive', p)
   _check(s.batch_size % jax.device_count() == 0,

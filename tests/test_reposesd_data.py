@@ -33,6 +33,9 @@ def test_pose_npz_in_humansd_format_round_trips_and_plain_arrays_read_too(tmp_pa
   empty = str(tmp_path / 'e.npz')
   data.write_pose_npz(empty, np.zeros((0, 17, 3)))
   assert data.read_pose_npz(empty).shape == (0, 17, 3)
+  nobody = str(tmp_path / 'n.npz')
+  np.savez(nobody, [])  # also an image with nobody detected: a float64 array of shape (0,)
+  assert data.read_pose_npz(nobody).shape == (0, 17, 3)
 
 
 class _Evil:

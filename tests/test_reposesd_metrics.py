@@ -52,6 +52,26 @@ def test_ap_with_a_false_positive_ranked_first_and_a_missed_person():
   assert got['PCE'] == 0.0 and got['gt_people'] == 2 and got['detected_people'] == 2
   none = metrics.pose_metrics([np.stack([a, b]), a[None]], [[], [(a, 1.0)]], (120, 120))
   assert none['PCE'] == pytest.approx((2 + 0) / 2)
+  # a GT with one visible joint has no OKS scale: ignored by AP (not a miss), still counted by PCE
+  lone = np.zeros((17, 3))
+  lone[0] = (50, 50, 1)
+  got = metrics.pose_metrics([np.stack([a, lone])], [[(a, 0.9)]], (120, 120))
+  assert got['AP'] == pytest.approx(1.0) and got['PCE'] == 1.0
+
+
+def test_detection_area_counts_only_present_joints():
+  """A medium-size person detected with its far joints missing: pycocotools' loadRes would span (0, 0) and make
+  the detection 'large', so an unmatched one would not be ignored at area=medium; AP(m) sees its real size."""
+  gt = _person(60, 60, 1.2)  # spans ~36 x 72 px: 'medium' (32^2 .. 96^2)
+  stray = gt.copy()
+  stray[:, :2] += 80
+  stray[10:, 2] = 0
+  stray[10:, :2] = 0
+  gt_set = metrics.coco_ground_truth([gt[None]], (300, 300))
+  assert 32 ** 2 < gt_set['annotations'][0]['area'] < 96 ** 2
+  got = metrics.pose_metrics([gt[None]], [[(stray, 0.9), (gt, 0.8)]], (300, 300))
+  # ranked FP then TP: precision 1/2 at every recall point; ignored as 'large' (loadRes' span) it would be 1.0
+  assert got['AP_m'] == pytest.approx(0.5, abs=1e-9)
 
 
 def _cosine_reference(gt, dt, bug=False):
@@ -88,7 +108,7 @@ def test_weighted_cosine_similarity_and_the_humansd_y_bug_switch():
 def _maps_for(people, hw, tag_values):
   """Ideal stride-2 heatmaps and stride-4 tags for people [P, 17, 3] in an image of hw."""
   kp = jnp.asarray(np.asarray(people)[None], jnp.float32)
-  heat = np.asarray(detector_train.targets(kp, hw, 2, 2.0))[0]
+  heat = np.asarray(model.person_targets(kp, hw, 2, 2.0))[0]
   tags = np.zeros((-(-hw[0] // 4), -(-hw[1] // 4), 17), np.float32)
   for p, person in enumerate(people):
     for j, (x, y, v) in enumerate(person):

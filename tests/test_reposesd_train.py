@@ -80,7 +80,7 @@ def test_literal_pif_in_the_loss_equals_eq15_by_hand(roots):
   config = _config(roots)
   config.pif.train_fraction, config.pif.grad_blur, config.pif.train_scale = 1.0, 0.0, 3.0
   parts = model.build(config)
-  params = model.init_unet_params(config, parts, jax.random.key(0))
+  params = model.init_unet_params(config, parts)
   rng = np.random.default_rng(0)
   z0 = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32)
   kp = np.full((2, 3, 17, 3), [-1, -1, 0], np.float32)
@@ -130,7 +130,7 @@ def test_converted_unet_dir_is_read_and_widened_with_zero_pose_weights(roots, tm
                'attention_head_dim': list(cfg.attention_head_dim)}, f)
   config = _config(roots, unet_dir=d)
   parts = model.build(config)
-  params = model.init_unet_params(config, parts, jax.random.key(0))
+  params = model.init_unet_params(config, parts)
   assert params['conv_in']['kernel'].shape == (3, 3, 8, 32)
   rng = np.random.default_rng(1)
   z, pose = rng.normal(size=(1, 8, 8, 4)).astype(np.float32), rng.normal(size=(1, 8, 8, 4)).astype(np.float32)
@@ -165,3 +165,24 @@ def test_tiny_vae_and_detector_trainers_write_dirs_the_run_reads(roots, tmp_path
   parts = model.build(config)  # the real parts load: VAE from vae_dir, the guide from the detector run
   jax.tree.map(np.testing.assert_array_equal, parts.frozen['guide']['params'], variables['params'])
   assert parts.vae.cfg.scaling_factor == vcfg.scaling_factor
+
+
+def test_config_mistakes_are_one_line_errors(roots, tmp_path):
+  from reposedm_jax import config_lib
+  config = reposesd.get_config()  # the real-size config, no VAE given
+  config.mode = 'sd_sample'
+  config.sd.eval_root = roots['humanart']
+  config.sd.vocab = os.path.join(os.path.dirname(__file__), 'data', 'bpe_simple_vocab_16e6.txt.gz')
+  config.sd.dtype, config.sd.sample_steps, config.pif.source = 'float16', 5000, 'residual'
+  config.sd.unet_dir = str(tmp_path)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(config)
+  msg = str(e.value)
+  for part in ("RePoseSD needs the VAE: model.space='latent' needs --config.latent.vae_dir", "sd.dtype='float16'",
+               'sd.sample_steps=5000', "pif.source must be 'x0'", 'has no unet.json'):
+    assert part in msg
+  config = _config(roots)
+  config.mode = 'sd_train'
+  config.sd.batch_size = 6  # 4 fake devices
+  with pytest.raises(config_lib.ConfigError, match='sd.batch_size=6 must be divisible by the 4 devices'):
+    config_lib.validate(config)

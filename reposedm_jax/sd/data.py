@@ -88,8 +88,13 @@ def read_pose_npz(path: str) -> np.ndarray:
       out.append(kp)
     arr = np.stack(out) if out else np.zeros((0, NUM_JOINTS, 3), np.float32)
   else:
-    arr = np.frombuffer(payload, dtype=dtype, count=int(np.prod(shape))).reshape(shape, order='F' if fortran else 'C')
+    try:
+      arr = np.frombuffer(payload, dtype=dtype, count=int(np.prod(shape))).reshape(shape, order='F' if fortran else 'C')
+    except ValueError as e:
+      raise BadExampleError(path, f'arr_0 is truncated or damaged ({e})', field='arr_0') from None
     arr = np.asarray(arr, np.float32)
+    if arr.size == 0:  # np.savez(path, []) for an image with nobody detected
+      arr = arr.reshape(0, NUM_JOINTS, 3)
     if arr.ndim != 3 or arr.shape[1:] != (NUM_JOINTS, 3):
       raise BadExampleError(path, f'expected [P, 17, 3] keypoints, got {arr.shape}', field='arr_0')
   if not np.all(np.isfinite(arr)):

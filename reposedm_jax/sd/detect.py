@@ -1,7 +1,7 @@
 """Multi-person keypoints from HigherHRNet's outputs: associative-embedding grouping (bottom-up), for HumanSD's
 pose metrics on generated images.
 
-HigherHRNet's parser, in numpy: peaks of the aggregated heatmaps (a 3x3 max-pool NMS, the top `max_people`
+HigherHRNet's parser, in numpy: peaks of the aggregated heatmaps (a 5x5 max-pool NMS as HigherHRNet's NMS_KERNEL, the top `max_people`
 per joint above `detection_threshold`), each with its tag read from the stride-4 tag map; joints are taken in
 COCO order and assigned to people by the Hungarian algorithm on cost = round(|tag − person's mean tag|)·100 −
 heat (the reference's integer tag distance, then the heat as tie-break); a candidate farther than
@@ -16,11 +16,12 @@ from scipy.optimize import linear_sum_assignment
 from reposedm_jax.sd.metrics import COCO_SIGMAS
 
 
-def _peaks(heat: np.ndarray, k: int, threshold: float):
-  """heat [h, w, J] -> per joint a list of (y, x, value), strongest first."""
+def _peaks(heat: np.ndarray, k: int, threshold: float, kernel: int = 5):
+  """heat [h, w, J] -> per joint a list of (y, x, value), strongest first; NMS by a kernel x kernel max-pool."""
   h, w, j = heat.shape
-  pad = np.pad(heat, ((1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
-  local_max = np.max(np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]), axis=0)
+  r = kernel // 2
+  pad = np.pad(heat, ((r, r), (r, r), (0, 0)), constant_values=-np.inf)
+  local_max = np.max(np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(kernel) for dx in range(kernel)]), axis=0)
   keep = (heat >= local_max) & (heat > threshold)
   out = []
   for jj in range(j):
@@ -32,7 +33,7 @@ def _peaks(heat: np.ndarray, k: int, threshold: float):
 
 
 def group(heat: np.ndarray, tags: np.ndarray, image_hw, *, max_people: int = 30, detection_threshold: float = 0.1,
-          tag_threshold: float = 1.0) -> list:
+          tag_threshold: float = 1.0, nms_kernel: int = 5) -> list:
   """One image: heat [h, w, 17] (aggregated, stride s), tags [h4, w4, 17] (stride 4) -> [(kpts [17, 3], score)].
 
   Keypoints in image pixels with the centre convention x = (u + 0.5)·s − 0.5; a joint the person lacks is
@@ -42,7 +43,7 @@ def group(heat: np.ndarray, tags: np.ndarray, image_hw, *, max_people: int = 30,
   s = image_hw[0] / h
   s4 = image_hw[0] / tags.shape[0]
   people = []  # each: {'kpts': [17, 3], 'tags': list}
-  for jj, cands in enumerate(_peaks(heat, max_people, detection_threshold)):
+  for jj, cands in enumerate(_peaks(heat, max_people, detection_threshold, nms_kernel)):
     if not cands:
       continue
     pos = [((x + 0.5) * s - 0.5, (y + 0.5) * s - 0.5, v) for y, x, v in cands]
@@ -60,7 +61,7 @@ def group(heat: np.ndarray, tags: np.ndarray, image_hw, *, max_people: int = 30,
     rows, cols = linear_sum_assignment(cost)
     assigned = set()
     for r, c in zip(rows, cols):
-      if dist[r, c] < tag_threshold and people[c]['kpts'][jj, 2] == 0:
+      if dist[r, c] < tag_threshold:  # joints come once each, so the person has no joint jj yet
         people[c]['kpts'][jj] = pos[r]
         people[c]['tags'].append(ctag[r])
         assigned.add(r)

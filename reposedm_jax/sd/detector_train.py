@@ -18,21 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reposedm_jax import checkpoint, logs, pif
+from reposedm_jax import checkpoint, logs
 from reposedm_jax.models import hrnet
-from reposedm_jax.sd import data, detect, loop
+from reposedm_jax.sd import data, detect, loop, model
 from reposedm_jax.sd import metrics as sd_metrics
 
 EVAL_FILE = 'pose_eval.json'
-
-
-def targets(kpts: jax.Array, image_hw, stride: int, sigma: float) -> jax.Array:
-  """[B, P, 17, 3] -> [B, ceil(H/s), ceil(W/s), 17]: each person's Gaussians, max over people."""
-  b, p = kpts.shape[:2]
-  hw = (-(-image_hw[0] // stride), -(-image_hw[1] // stride))
-  xy = jnp.where(kpts[..., 2:] > 0, kpts[..., :2], -1.0).reshape(b * p, kpts.shape[2], 2)
-  m = pif.render_heatmaps(xy, (hw[0] * stride, hw[1] * stride), hw, sigma)
-  return jnp.max(m.reshape(b, p, *m.shape[1:]), axis=1)
 
 
 def ae_loss(tags: jax.Array, kpts: jax.Array, stride: int = 4) -> jax.Array:
@@ -59,8 +50,8 @@ def train_step(state, images, kpts, *, module, tx, pcfg, tag_weight):
   def loss_fn(params):
     out, upd = module.apply({'params': params, 'batch_stats': state['batch_stats']}, images, train=True,
                             mutable=['batch_stats'])
-    l2 = jnp.mean(jnp.square(out['heatmaps_s2'] - targets(kpts, hw, 2, pcfg.sigma)))
-    l4 = jnp.mean(jnp.square(out['heatmaps_s4'] - targets(kpts, hw, 4, pcfg.sigma_s4)))
+    l2 = jnp.mean(jnp.square(out['heatmaps_s2'] - model.person_targets(kpts, hw, 2, pcfg.sigma)))
+    l4 = jnp.mean(jnp.square(out['heatmaps_s4'] - model.person_targets(kpts, hw, 4, pcfg.sigma_s4)))
     tag = ae_loss(out['tags_s4'], kpts)
     return l2 + l4 + tag_weight * tag, (upd['batch_stats'], {'heat_s2': l2, 'heat_s4': l4, 'tag': tag})
 
@@ -75,7 +66,8 @@ def detect_all(apply, variables, images_u8: np.ndarray, scfg) -> list:
   heat, tags = np.asarray(hrnet.aggregate_heatmaps(out)), np.asarray(out['tags_s4'])
   size = (images_u8.shape[1], images_u8.shape[2])
   return [detect.pose_nms(detect.group(heat[j], tags[j], size, detection_threshold=scfg.detection_threshold,
-                                       tag_threshold=scfg.tag_threshold), scfg.pose_nms_threshold)[:20]
+                                       tag_threshold=scfg.tag_threshold, nms_kernel=scfg.nms_kernel),
+                          scfg.pose_nms_threshold)[:20]
           for j in range(len(images_u8))]
 
 

@@ -2,7 +2,7 @@
 
 One place for what every long job here must do: resume from the newest good checkpoint, report the first step's
 compile time apart from the rate, log rate and ETA at the cadence (and to TensorBoard with a writer), stop on a
-non-finite loss without saving, checkpoint every `ckpt_every` steps and on SIGTERM / SIGINT.
+non-finite loss (read at the log and checkpoint steps) without saving, checkpoint every `ckpt_every` steps and on SIGTERM / SIGINT.
 """
 
 import time
@@ -33,15 +33,18 @@ def run(state, manager, *, total: int, log_every: int, ckpt_every: int, step_fn:
         jax.block_until_ready(m)
         progress.exclude(time.time() - t0)
         logs.log_line(f'first step (compile + run) {time.time() - t0:.1f} s, not counted in the rate')
-      if not np.isfinite(float(m['loss'])):
+      # Read back only at log / checkpoint steps (a host sync every step would stop the next batch's loading from
+      # overlapping the device); checkpoint.save refuses a non-finite state whatever this check saw.
+      at_log, at_ckpt = step % log_every == 0 or step == total, step % ckpt_every == 0
+      if (at_log or at_ckpt) and not np.isfinite(float(m['loss'])):
         raise FloatingPointError(f'non-finite loss at step {step}; nothing saved after step '
                                  f'{manager.latest_step()} in {manager.directory}')
-      if step % log_every == 0 or step == total:
+      if at_log:
         vals = {k: float(v) for k, v in m.items()}
         if writer is not None:
           writer.scalars(step, vals)
         logs.log_line(progress.line(step, progress.rate(step), **vals))
-      if step % ckpt_every == 0:
+      if at_ckpt:
         checkpoint.save(manager, step, state)
   finally:
     stop.restore()

@@ -12,7 +12,8 @@
 
 Departures from HumanSD (WORKSPACE.md, "RePoseSD"): whole-set values, not a mean over batches of 10; every
 annotated person counts (HumanSD keeps the first 3 of each image); a GT bbox and area from the visible joints
-(HumanSD's include its (-1, -1) placeholders).
+(HumanSD's include its (-1, -1) placeholders), and a GT whose visible joints span no area ignored by AP (it has no
+OKS scale); detection areas from their present joints (pycocotools' loadRes spans the (0, 0) of missing ones).
 """
 
 import contextlib
@@ -39,8 +40,12 @@ def coco_ground_truth(keypoints: Sequence[np.ndarray], image_hw) -> dict:
       x, y = person[vis, 0], person[vis, 1]
       bbox = [float(x.min()), float(y.min()), float(x.max() - x.min()), float(y.max() - y.min())]
       kp = np.stack([np.where(vis, person[:, 0], 0), np.where(vis, person[:, 1], 0), 2.0 * vis], -1)
+      area = bbox[2] * bbox[3]
+      # A person whose visible joints span no area (one joint, or all on a line) has no OKS scale: COCOeval
+      # ignores a GT with num_keypoints 0, which is what it is given (it still counts for PCE).
       anns.append({'id': len(anns) + 1, 'image_id': i, 'category_id': 1, 'iscrowd': 0, 'bbox': bbox,
-                   'area': bbox[2] * bbox[3], 'num_keypoints': int(vis.sum()), 'keypoints': kp.reshape(-1).tolist()})
+                   'area': area, 'num_keypoints': int(vis.sum()) if area >= 1.0 else 0,
+                   'keypoints': kp.reshape(-1).tolist()})
   return {'images': images, 'annotations': anns, 'categories': [{'id': 1, 'name': 'person'}]}
 
 
@@ -95,6 +100,10 @@ def _run(evaluator_cls, gt: dict, results: list, **attrs) -> np.ndarray:
     coco_gt.dataset = gt
     coco_gt.createIndex()
     coco_dt = coco_gt.loadRes(results)
+    for ann in coco_dt.anns.values():  # loadRes spans all 17 points, (0, 0) of missing joints included
+      k = np.asarray(ann['keypoints'], np.float64).reshape(-1, 3)
+      vis = k[k[:, 2] > 0, :2] if (k[:, 2] > 0).any() else k[:, :2]
+      ann['area'] = float(np.ptp(vis[:, 0]) * np.ptp(vis[:, 1]))
     ev = evaluator_cls(coco_gt, coco_dt, 'keypoints')
     for k, v in attrs.items():
       setattr(ev, k, v)

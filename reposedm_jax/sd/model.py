@@ -71,19 +71,23 @@ def x0_from_eps(x_t, eps, acp):
 
 # ----------------------------------------------------------------------------- the multi-person reference
 
+def person_targets(kpts: jax.Array, image_hw, stride: int, sigma: float) -> jax.Array:
+  """[B, P, 17, 3] -> one head's targets [B, ceil(H/s), ceil(W/s), 17]: each person's Gaussians
+  (pif.render_heatmaps, the trainer's rendering), the max over people."""
+  b, p = kpts.shape[:2]
+  hw = (-(-image_hw[0] // stride), -(-image_hw[1] // stride))
+  xy = jnp.where(kpts[..., 2:] > 0, kpts[..., :2], -1.0).reshape(b * p, kpts.shape[2], 2)
+  m = pif.render_heatmaps(xy, (hw[0] * stride, hw[1] * stride), hw, sigma)
+  return jnp.max(m.reshape(b, p, *m.shape[1:]), axis=1)
+
+
 def reference_multi(kpts: jax.Array, image_hw, heads) -> jax.Array:
   """[B, P, 17, 3] COCO keypoints (score > 0 = present) -> the guide's ideal output [B, h, w, 17].
 
   Per head: each person's Gaussians rendered as the estimator's trainer renders them (pif.render_heatmaps), the
   max over people; two heads are aggregated as HigherHRNet's output is (hrnet.aggregate_heatmaps).
   """
-  b, p = kpts.shape[:2]
-  xy = jnp.where(kpts[..., 2:] > 0, kpts[..., :2], -1.0).reshape(b * p, kpts.shape[2], 2)
-  maps = []
-  for stride, sigma in heads:
-    hw = (-(-image_hw[0] // stride), -(-image_hw[1] // stride))
-    m = pif.render_heatmaps(xy, (hw[0] * stride, hw[1] * stride), hw, sigma)
-    maps.append(jnp.max(m.reshape(b, p, *m.shape[1:]), axis=1))
+  maps = [person_targets(kpts, image_hw, stride, sigma) for stride, sigma in heads]
   if len(maps) == 1:
     return maps[0]
   return hrnet.aggregate_heatmaps({'heatmaps_s4': maps[0], 'heatmaps_s2': maps[1]})
@@ -129,6 +133,10 @@ def unet_config(scfg, in_channels: int | None = None) -> UNetConfig:
 
 
 def text_config(scfg) -> TextConfig:
+  if scfg.text_dir and not os.path.isfile(os.path.join(scfg.text_dir, sd_text_convert.META_FILE)):
+    logging.info('%s has no %s (an older conversion): sd.text_preset=%r', scfg.text_dir,
+                 sd_text_convert.META_FILE, scfg.text_preset)
+    return TEXT_PRESETS[scfg.text_preset]
   meta = _read_meta(scfg.text_dir, sd_text_convert.META_FILE)
   if meta:
     return TextConfig(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(TextConfig)}})
@@ -200,7 +208,7 @@ def unet_in_channels(scfg) -> int:
   return sd_convert.PRESETS[scfg.unet_preset].in_channels + POSE_CHANNELS
 
 
-def init_unet_params(config, parts: Parts, rng):
+def init_unet_params(config, parts: Parts):
   """The trainable U-Net: SD's converted weights with conv_in widened by zero pose-latent weights (HumanSD's
   `keep_finetune_dims`; a conversion already made with --extra_in_channels 4 is read as is), else random."""
   scfg = config.sd

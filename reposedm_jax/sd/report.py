@@ -39,10 +39,11 @@ def table(run: str) -> str:
     people = 'n/a' if m is None else f'{m["gt_people"]} / {m["detected_people"]}'
     lines.append(f'| {name} | {_fmt(m, "FID")} | {_fmt(m, "AP", True)} | {_fmt(m, "AP_m", True)} | '
                  f'{_fmt(m, "CAP", True)} | {_fmt(m, "PCE")} | {people} |')
-  judge = _load(os.path.join(run, 'judge', 'pose_eval.json'))
-  lines.append(f'| real validation images (the detector\'s ceiling) | - | {_fmt(judge, "AP", True)} | '
-               f'{_fmt(judge, "AP_m", True)} | {_fmt(judge, "CAP", True)} | {_fmt(judge, "PCE")} | '
-               + ('n/a' if judge is None else f'{judge["gt_people"]} / {judge["detected_people"]}') + ' |')
+  m = _load(os.path.join(run, 'reposesd', 'sd_eval', 'guided.json'))
+  real = None if m is None else m.get('real_images')
+  lines.append(f'| real validation images (the detector\'s ceiling) | - | {_fmt(real, "AP", True)} | '
+               f'{_fmt(real, "AP_m", True)} | {_fmt(real, "CAP", True)} | {_fmt(real, "PCE")} | '
+               + ('n/a' if real is None else f'{real["gt_people"]} / {real["detected_people"]}') + ' |')
   for name, vals in PAPER.items():
     lines.append(f'| paper Table 3: {name} (SD 2.1, Human-Art val) | ' + ' | '.join(str(v) for v in vals) + ' | - |')
   vae = _load(os.path.join(run, 'vae', 'vae_eval.json'))

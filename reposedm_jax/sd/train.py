@@ -71,7 +71,7 @@ def run_train(config, workdir: str) -> dict:
   records = data.read_mapping(s.train_root, s.train_mapping)
   sched = model.sd_schedule(s.num_timesteps)
   tx = make_optimizer(s)
-  params = model.init_unet_params(config, parts, jax.random.key(config.seed))
+  params = model.init_unet_params(config, parts)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   # Data parallel over config.mesh, or FSDP over config.fsdp_axis (the frozen parts replicated), as train.py.
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -116,7 +116,9 @@ def sample_tag(config) -> str:
 
 def load_params(config, parts, workdir: str):
   s = config.sd
-  params = jax.eval_shape(lambda: model.init_unet_params(config, parts, jax.random.key(0)))
+  cfg = parts.unet.cfg
+  params = jax.eval_shape(parts.unet.init, jax.random.key(0), jnp.zeros((1, 8, 8, cfg.in_channels)), jnp.zeros((1,)),
+                          jnp.zeros((1, 2, cfg.cross_attention_dim)))['params']
   tx = make_optimizer(s)
   abstract = {'params': params, 'opt_state': jax.eval_shape(tx.init, params), 'step': jax.ShapeDtypeStruct((), jnp.int32)}
   manager = checkpoint.make_manager(workdir, s.keep_checkpoints)
@@ -161,12 +163,13 @@ def run_sample(config, workdir: str) -> str:
   records = data.read_mapping(s.eval_root, s.eval_mapping)[:s.num_eval or None]
   sched = model.sd_schedule(s.num_timesteps)
   sampler = make_sampler(config, parts, sched)
-  encode = jax.jit(functools.partial(_encode, parts))
+  # What the generator sees: the pose latent and the prompt (never the validation image itself).
+  condition = jax.jit(lambda fr, pose, tokens: (parts.encode(fr, pose), parts.text_context(fr, tokens)))
   decode = jax.jit(parts.decode)
   tag = sample_tag(config)
   out_dir = os.path.join(workdir, SAMPLES_DIR, tag)
   os.makedirs(out_dir, exist_ok=True)
-  neg = parts.tokenizer.tokenize([s.negative_prompt])
+  ctx_neg = jax.jit(parts.text_context)(parts.frozen, parts.tokenizer.tokenize([s.negative_prompt]))
   f = parts.vae.cfg.downsample
   grids, t_start, n_done = [], time.time(), 0
   for i, (recs, b) in enumerate(data.eval_batches(records, s.eval_batch_size, **_data_kw(config))):
@@ -174,11 +177,10 @@ def run_sample(config, workdir: str) -> str:
     if all(os.path.isfile(n) for n in names):  # resumable: finished batches are skipped
       continue
     n = len(recs)
-    enc = encode(parts.frozen, b['image'], b['pose_image'], parts.tokenizer.tokenize(b['prompt']))
+    pose_latent, ctx = condition(parts.frozen, b['pose_image'], parts.tokenizer.tokenize(b['prompt']))
     x_T = jax.random.normal(jax.random.fold_in(jax.random.key(s.sample_seed), i),
                             (n, s.image_size // f, s.image_size // f, parts.vae.cfg.latent_channels))
-    z = sampler(params, parts.frozen, enc['pose_latent'], enc['context'], encode(
-        parts.frozen, b['image'], b['pose_image'], np.repeat(neg, n, 0))['context'], b['keypoints'], x_T)
+    z = sampler(params, parts.frozen, pose_latent, ctx, jnp.repeat(ctx_neg, n, 0), b['keypoints'], x_T)
     images = visualize.to_uint8(np.asarray(decode(parts.frozen, z)))
     for name, img in zip(names, images):
       Image.fromarray(img).save(name)
@@ -216,18 +218,22 @@ def run_eval(config, workdir: str) -> dict:
   if s.detector_dir:
     det_vars, det_module = pose_estimator.load_pose_estimator(config, s.detector_dir, use_pose_checkpoint=False)
   apply = jax.jit(lambda v, x: det_module.apply(v, x, train=False))
-  gt, dets, gen_u8, real_u8 = [], [], [], []
+  gt, dets, real_dets, gen_u8, real_u8 = [], [], [], [], []
   for recs, b in data.eval_batches(records, s.eval_batch_size, **_data_kw(config)):
     paths = [os.path.join(sample_dir, _file_key(r.key) + '.png') for r in recs]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
       raise FileNotFoundError(f'{missing[0]}: no sample (run --config.mode=sd_sample with the same settings first)')
     gen = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
+    real = visualize.to_uint8(b['image'])
     dets += detector_train.detect_all(apply, det_vars, gen, s)
+    real_dets += detector_train.detect_all(apply, det_vars, real, s)  # the detector's ceiling, same settings
     gt += list(b['keypoints'])
     gen_u8.append(gen)
-    real_u8.append(visualize.to_uint8(b['image']))
-  result = sd_metrics.pose_metrics(gt, dets, (s.image_size, s.image_size), replicate_y_bug=s.cap_replicate_y_bug)
+    real_u8.append(real)
+  hw = (s.image_size, s.image_size)
+  result = sd_metrics.pose_metrics(gt, dets, hw, replicate_y_bug=s.cap_replicate_y_bug)
+  result['real_images'] = sd_metrics.pose_metrics(gt, real_dets, hw, replicate_y_bug=s.cap_replicate_y_bug)
   if s.fid:
     result.update(_fid(np.concatenate(gen_u8), np.concatenate(real_u8)))
   result.update({'images': len(records), 'tag': tag, 'detector': s.detector_dir or 'the guide (config.pose)'})
@@ -235,7 +241,7 @@ def run_eval(config, workdir: str) -> dict:
   with open(os.path.join(workdir, EVAL_DIR, f'{tag}.json'), 'w') as fh:
     json.dump(result, fh, indent=1)
   logs.log_line('RePoseSD ' + tag + ': ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
-                                                   for k, v in result.items()))
+                                                   for k, v in result.items() if k != 'real_images'))
   return result
 
 
