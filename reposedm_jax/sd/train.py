@@ -72,7 +72,9 @@ def run_train(config, workdir: str) -> dict:
   sched = model.sd_schedule(s.num_timesteps)
   tx = make_optimizer(s)
   params = model.init_unet_params(config, parts)
+  n_params = hrnet.count_params(params)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  del params  # the sharded copy below is the state; at SD-2.1 size this host copy alone is 3.5 GB
   # Data parallel over config.mesh, or FSDP over config.fsdp_axis (the frozen parts replicated), as train.py.
   mesh = sharding_lib.make_mesh(config.mesh)
   shards = sharding_lib.state_shardings(jax.eval_shape(lambda: state), mesh, config.fsdp_axis,
@@ -86,7 +88,7 @@ def run_train(config, workdir: str) -> dict:
   step_fn = jax.jit(functools.partial(train_step, parts=parts, config=config, sched=sched, tx=tx),
                     out_shardings=(shards, rep), donate_argnums=0)
   empty = parts.tokenizer.tokenize([''])[0]
-  logs.log_line(f'RePoseSD: {len(records)} training examples, U-Net {hrnet.count_params(params):,} params, '
+  logs.log_line(f'RePoseSD: {len(records)} training examples, U-Net {n_params:,} params, '
                 f'pif.train_mode={config.pif.train_mode}, prediction={s.prediction}')
 
   def inputs_at(step):
