@@ -49,6 +49,22 @@ def test_a_stage_counts_as_done_only_when_its_output_is_complete(tmp_path):
     assert st.is_done() == done
 
 
+def test_a_benchmark_made_with_other_settings_is_refused_not_reused(tmp_path):
+  s = plan.Settings(out=str(tmp_path))
+  data = plan.stages(s)[0]
+  assert data.kind == 'data' and not data.is_done()
+  os.makedirs(data.workdir)
+  args = {'seed': 0, 'identities': s.identities, 'views_per_identity': 5, 'height': 64, 'width': 44,
+          'test_fraction': s.test_fraction, 'difficulty': 'hard', 'format': 'pidm'}
+  with open(data.done, 'w') as f:
+    json.dump({'args': args}, f)
+  assert data.is_done()
+  with open(data.done, 'w') as f:  # the earlier default benchmark, 150 identities
+    json.dump({'args': {**args, 'identities': 150, 'test_fraction': 0.2}}, f)
+  with pytest.raises(ValueError, match=r"identities=150 \(settings: 1000\).*test_fraction=0.2"):
+    data.is_done()
+
+
 def test_command_lines_are_what_a_person_would_type():
   st = plan.Stage('e', 'eval', 'runs/a/b', 'variant=full', {'mode': 'eval', 'eval.pose_judges': ('hrnet',),
                                                              'seed': 1, 'sample.rpa_strips': False}, 'x')
