@@ -293,6 +293,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.eta = 0.0
   # DDIM: clamp each step's x0 to [-1, 1] and re-derive eps (as ADM does; PIDM's DDIM does not).
   sample.ddim_clip_x0 = False
+  # DDPM's step variance: 'learned' (the network's, PIDM), or the fixed 'small' (beta~_t) / 'large' (beta_t).
+  sample.ddpm_variance = 'learned'
   # Classifier-free guidance scale w (1 = conditional only; paper: 2).
   sample.guidance_scale = 2.0
   # Number of test pairs to generate (-1 = all).

@@ -12,7 +12,7 @@ import jax
 
 from reposedm_jax import latent, pif, pose_estimator, rpa_training, sample
 from reposedm_jax.data import dataset, deepfashion, errors
-from reposedm_jax.diffusion import gaussian
+from reposedm_jax.diffusion import gaussian, samplers
 from reposedm_jax.evaluation import fid as eval_fid
 from reposedm_jax.metrics import lpips, pose_accuracy, ssim
 from reposedm_jax.models import aligned, b2, factory, hrnet, layers, unet
@@ -122,6 +122,8 @@ def validate(config) -> None:
   _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, 'train.b1 and train.b2 (AdamW betas) must be in [0, 1)', p)
   s = config.sample
   _check(s.sampler in sample.SAMPLERS, f'sample.sampler={s.sampler!r} must be one of {sample.SAMPLERS}', p)
+  _check(s.ddpm_variance in samplers.DDPM_VARIANCES,
+         f'sample.ddpm_variance={s.ddpm_variance!r} must be one of {samplers.DDPM_VARIANCES}', p)
   _check(s.batch_size % n_dev == 0, f'sample.batch_size={s.batch_size} must be divisible by {n_dev} devices', p)
   _check(0 < s.num_steps <= config.diffusion.timesteps, 'sample.num_steps must be in [1, diffusion.timesteps]', p)
   p += eval_problems(config.eval)

@@ -88,7 +88,8 @@ def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched
                                post_step_fn=post, clip_output=bounded)
   else:
     out = samplers.ddpm_sample(model_fn, s, x_t, k_loop, clip_x0=bounded, eps_correction_fn=correction,
-                               shared_noise=shared_noise, post_step_fn=post, clip_output=bounded)
+                               shared_noise=shared_noise, post_step_fn=post, clip_output=bounded,
+                               variance=scfg.ddpm_variance)
   return space.decode(vae_vars, out)
 
 

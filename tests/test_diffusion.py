@@ -331,3 +331,28 @@ def test_ddim_coefficients_come_from_float64_tables(base):
   rel = lambda a: np.abs(a / exact - 1.0)
   assert rel(f64).max() < 1e-6  # what ddim_sample uses
   assert rel(f32)[0] > 1e-5  # 1 - abar in float32 at t = 0 (abar = 0.9999): why it does not
+
+
+def test_ddpm_fixed_variances_replace_the_networks_v(base):
+  """'small' / 'large' sample exactly as a network emitting v = -1 / +1 would, whatever v it emits."""
+  r = respace(base, ddim_timesteps(T, 10))
+  rng = np.random.default_rng(9)
+  x0 = jnp.asarray(rng.uniform(-0.9, 0.9, size=(2, 4, 4, 3)), jnp.float32)
+  x_T = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  oracle = _oracle_model_fn(x0, base.alphas_cumprod)
+
+  def with_v(value):
+    def fn(x, t):
+      eps = 0.5 * oracle(x, t)[..., :3]  # a wrong network: the added noise stays in the sample
+      return jnp.concatenate([eps, jnp.full_like(eps, value)], -1)
+    return fn
+
+  key = jax.random.key(3)
+  for variance, v in (('small', -1.0), ('large', 1.0)):
+    want = samplers.ddpm_sample(with_v(v), r, x_T, key, clip_output=False)
+    got = samplers.ddpm_sample(with_v(0.3), r, x_T, key, clip_output=False, variance=variance)
+    np.testing.assert_array_equal(got, want)
+  learned = samplers.ddpm_sample(with_v(0.3), r, x_T, key, clip_output=False)
+  assert float(jnp.abs(learned - want).max()) > 1e-3  # the switch changes the sample
+  with pytest.raises(ValueError, match='variance must be one of'):
+    samplers.ddpm_sample(with_v(0.3), r, x_T, key, variance='fixed')

@@ -232,10 +232,14 @@ def ddpm_step(s: Schedule, x_t: jnp.ndarray, t_index, eps: jnp.ndarray, v: jnp.n
   return x_prev, p['pred_x0']
 
 
+DDPM_VARIANCES = ('learned', 'small', 'large')
+
+
 def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array,
                 clip_x0: bool = True,
                 eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
-                post_step_fn: Optional[PostStepFn] = None, clip_output: bool = True) -> jnp.ndarray:
+                post_step_fn: Optional[PostStepFn] = None, clip_output: bool = True,
+                variance: str = 'learned') -> jnp.ndarray:
   """Ancestral sampling with the learned variance over every index of `s`, T-1 down to 0.
 
   Pass a respaced schedule for fewer steps; the model sees s.timestep_map[i].
@@ -249,10 +253,14 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
     eps_correction_fn: optional hook, see module docstring.
     shared_noise, post_step_fn: see module docstring.
     clip_output: clamp the result to [-1, 1] (images; latent mode's latents are not bounded).
+    variance: 'learned' (the network's v), or DDPM's fixed extremes in its place: 'small' = the posterior
+      variance beta~_t (v = -1), 'large' = beta_t (v = +1).
 
   Returns:
     [B, H, W, C] sample (in [-1, 1] with clip_output).
   """
+  if variance not in DDPM_VARIANCES:
+    raise ValueError(f'variance must be one of {DDPM_VARIANCES}, got {variance!r}')
   num = s.num_timesteps
   # abar of the time each step's x_prev is at, from the float64 tables.
   sqrt_prev = jnp.asarray(np.sqrt(s.alphas_cumprod_prev), jnp.float32)
@@ -264,6 +272,8 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
   def body(x, step):
     idx, t_model = step
     eps, v = split_model_output(model_fn(x, jnp.full((batch,), t_model, jnp.int32)))
+    if variance != 'learned':
+      v = jnp.full_like(v, -1.0 if variance == 'small' else 1.0)
     if eps_correction_fn is not None:
       t_b = jnp.full((batch,), idx, jnp.int32)
       pred_x0 = p_mean_variance(s, jnp.concatenate([eps, v], -1), x, t_b, clip_x0)['pred_x0']
