@@ -89,8 +89,12 @@ def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched
   else:
     out = samplers.ddpm_sample(model_fn, s, x_t, k_loop, clip_x0=bounded, eps_correction_fn=correction,
                                shared_noise=shared_noise, post_step_fn=post, clip_output=bounded,
-                               variance=scfg.ddpm_variance)
+                               variance=scfg.ddpm_variance if 'ddpm_variance' in scfg else LEGACY_DDPM_VARIANCE)
   return space.decode(vae_vars, out)
+
+
+# A run's config.json from before `sample.ddpm_variance` existed: those runs sampled with the learned variance.
+LEGACY_DDPM_VARIANCE = 'learned'
 
 
 def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, shared_noise: bool = False,
