@@ -83,6 +83,14 @@ def test_training_hyperparameters_are_validated(key, value, needle, tmp_path):
     config_lib.validate(config)
 
 
+def test_ddpm_variance_is_validated(tmp_path):
+  config = demo.get_config()
+  config.data.root = str(tmp_path)
+  config.sample.ddpm_variance = 'fixed'
+  with pytest.raises(config_lib.ConfigError, match=r"sample\.ddpm_variance='fixed' must be one of"):
+    config_lib.validate(config)
+
+
 def test_runlocal_is_small_at_512():
   full, local = deepfashion_512.get_config(), deepfashion_512.get_config('runlocal')
   assert len(full.model.channel_mult) == 7 and full.model.model_channels == 128
