@@ -240,7 +240,7 @@ def ddpm_sample(model_fn: ModelFn, s: Schedule, x_T: jnp.ndarray, rng: jax.Array
                 eps_correction_fn: Optional[EpsCorrectionFn] = None, shared_noise: bool = False,
                 post_step_fn: Optional[PostStepFn] = None, clip_output: bool = True,
                 variance: str = 'learned') -> jnp.ndarray:
-  """Ancestral sampling with the learned variance over every index of `s`, T-1 down to 0.
+  """Ancestral sampling with the learned (or a fixed, `variance`) variance over every index of `s`, T-1 down to 0.
 
   Pass a respaced schedule for fewer steps; the model sees s.timestep_map[i].
 
