@@ -28,6 +28,10 @@ SAMPLERS = ('ddim', 'ddpm')
 EDIT_KEYS = ('edit_ref', 'edit_mask')
 
 
+# A run's config.json from before `sample.ddpm_variance` existed: those runs sampled with the learned variance.
+LEGACY_DDPM_VARIANCE = 'learned'
+
+
 def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched, config, num_steps,
              shared_noise=False):
   """Generates [B, H, W, C] images in [-1, 1] for the target poses and sources of `batch`.
@@ -91,10 +95,6 @@ def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched
                                shared_noise=shared_noise, post_step_fn=post, clip_output=bounded,
                                variance=scfg.ddpm_variance if 'ddpm_variance' in scfg else LEGACY_DDPM_VARIANCE)
   return space.decode(vae_vars, out)
-
-
-# A run's config.json from before `sample.ddpm_variance` existed: those runs sampled with the learned variance.
-LEGACY_DDPM_VARIANCE = 'learned'
 
 
 def make_sampler(model, sched, config, mesh, num_steps: int, guide_vars=None, shared_noise: bool = False,
