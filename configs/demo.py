@@ -42,6 +42,11 @@ def get_config(arg=None):
   # scratch at 1100 steps SSIM 0.384 / LPIPS 0.213 against 0.293 / 0.307 (WORKSPACE.md, session 9).
   r.init_flow = 'keypoints'
 
+  # The full RePoseDM predicts v around RPA's aligned source (gaussian.eps_output): on the demo's 32 test pairs
+  # SSIM 0.486 -> 0.571, LPIPS 0.186 -> 0.124, FID 484 -> 444, judge PCK@0.1 0.787 -> 0.773 against the paper's
+  # eps at the same 1100 steps (WORKSPACE.md, session 19). B1 / B2 keep eps (the ablation pins eps for all rows).
+  config.diffusion.prediction = 'v_aligned' if config.variant == 'full' else 'eps'
+
   t = config.train
   t.batch_size = 8
   # variant full: 2.0-2.2 steps/s on 2 cores, the whole demo in 14 m 43 s (2026-12-04); 1.0-1.2 steps/s and

@@ -54,6 +54,11 @@ def validate(config) -> None:
   dd = config.diffusion
   _check(dd.mse_weighting in gaussian.MSE_WEIGHTINGS,
          f'diffusion.mse_weighting={dd.mse_weighting!r} must be one of {gaussian.MSE_WEIGHTINGS}', p)
+  _check(dd.get('prediction', 'eps') in gaussian.PREDICTIONS,
+         f'diffusion.prediction={dd.get("prediction")!r} must be one of {gaussian.PREDICTIONS}', p)
+  _check(dd.get('prediction', 'eps') != 'v_aligned' or config.variant in ('b2', 'full'),
+         f"diffusion.prediction='v_aligned' centres x0 on RPA's aligned source, which variant={config.variant!r} "
+         "does not have: use variant b2 or full, or prediction 'eps' / 'v'", p)
   _check(dd.min_snr_gamma > 0, f'diffusion.min_snr_gamma={dd.min_snr_gamma} must be > 0', p)
   r = config.rpa
   _check(r.aligned_path in aligned.ALIGNED_PATHS,
@@ -265,6 +270,30 @@ def _validate_pose(config, n_dev: int, p: list[str]) -> None:
       _check(q[key] > 0, f'pose.{key} must be positive', p)
     _check(q.eval_every >= 0 and q.warmup_steps >= 0, 'pose.eval_every and pose.warmup_steps must be >= 0', p)
     _check(q.lr > 0 and 0 <= q.final_lr_frac <= 1, 'pose.lr must be positive and pose.final_lr_frac in [0, 1]', p)
+
+
+def check_prediction_matches(config, workdir: str) -> None:
+  """Refuses to resume or sample checkpoints trained with another `diffusion.prediction`.
+
+  The switch changes what the weights mean, not their shapes, so the checkpoint restore cannot catch it: an eps
+  network read as v samples noise. Sources: the workdir's own checkpoints (train resumes them, sample reads them)
+  and, in sample mode, `init_from`. A config.json from before the switch existed means 'eps'.
+  """
+  if config.mode not in ('train', 'sample'):
+    return
+  want = config.diffusion.get('prediction', 'eps')
+  paths = [workdir] if os.path.isdir(os.path.join(workdir, 'checkpoints')) else []
+  if config.mode == 'sample' and config.get('init_from') and not paths:
+    paths.append(config.init_from)
+  for path in paths:
+    cfg_path = os.path.join(path, 'config.json')
+    if not os.path.isfile(cfg_path):
+      continue
+    with open(cfg_path) as f:
+      stored = json.load(f).get('diffusion', {}).get('prediction', 'eps')
+    if stored != want:
+      raise ConfigError(f'{cfg_path}: its checkpoints were trained with diffusion.prediction={stored!r}, this config '
+                        f'has {want!r}; add --config.diffusion.prediction={stored} or use another --workdir')
 
 
 def write_config(config, workdir: str) -> None:

@@ -46,6 +46,7 @@ def _last_error_line(text: str) -> str:
 def run_mode(config, workdir: str):
   """Validates `config`, records it in `workdir` and runs its `config.mode` (what the command line does)."""
   config_lib.validate(config)
+  config_lib.check_prediction_matches(config, workdir)
   config_lib.write_config(config, workdir)
   # One line, not the whole config (it is in the file; --verbosity=0 also logs it in full).
   logs.log_line(f'mode {config.mode}, variant {config.variant}: config in {os.path.join(workdir, "config.json")}')

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from reposedm_jax import checkpoint, latent, logs, pif, pose_estimator, sharding, train_state, visualize
 from reposedm_jax.data import dataset, names, pipeline
-from reposedm_jax.diffusion import samplers
+from reposedm_jax.diffusion import gaussian, samplers
 from reposedm_jax.diffusion.schedule import ddim_timesteps, linear_schedule, respace
 from reposedm_jax.metrics import masked
 from reposedm_jax.models import factory
@@ -58,8 +58,13 @@ def generate(params, batch, rng, guide_vars=None, vae_vars=None, *, model, sched
   feats = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), feats_c, feats_u)  # a list (B1) or dict (B2)
   pose2 = jnp.concatenate([pose, pose])
 
-  def apply_fn(x2, t2):
-    return model.apply(variables, x2, t2, pose2, feats, train=False, method=model.denoise).astype(jnp.float32)
+  prediction = config.diffusion.get('prediction', 'eps')
+  # 'v_aligned': RPA's aligned source of both halves (conditional, then null = zero).
+  prior = (feats.get('prior', feats.get('aligned', {}).get('prior')) if isinstance(feats, dict) else None)
+
+  def apply_fn(x2, t2):  # t2: model-facing timesteps, i.e. indices into the base schedule `sched`
+    out = model.apply(variables, x2, t2, pose2, feats, train=False, method=model.denoise).astype(jnp.float32)
+    return gaussian.eps_output(sched, out, x2, t2, prediction, prior=prior)
 
   # guide_variance: PIDM mixes all output channels (eps and v) with the guidance scale.
   model_fn = samplers.cfg_model_fn(apply_fn, scfg.guidance_scale, guide_variance=True)

@@ -68,11 +68,18 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
 
   dcfg = config.diffusion
   mse_weight = gaussian.min_snr_weight(sched, t, dcfg.min_snr_gamma) if dcfg.mse_weighting == 'min_snr' else None
+  prediction = dcfg.get('prediction', 'eps')  # runs from before the switch predicted eps
+  pred_weight = gaussian.prediction_mse_weight(sched, t, prediction)  # v: the loss is the MSE of v
+  if pred_weight is not None:
+    mse_weight = pred_weight if mse_weight is None else mse_weight * pred_weight
 
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, mbatch['tgt_pose'], src, train=True,
                              kpts=(mbatch['src_kpts'], mbatch['tgt_kpts']), rngs={'dropout': k_dropout},
                              mutable=['intermediates'])
+    inter = inter.get('intermediates', {})
+    prior = inter['prior'][0] if 'prior' in inter else None  # RPA's aligned source (b2 / full)
+    out = gaussian.eps_output(sched, out.astype(jnp.float32), x_t, t, prediction, prior=prior)
     pif_terms, pif_loss = {}, 0.0
     if heat_fn is not None:  # pif.train_mode: 'literal' (eq. 15 in the loss) or 'penalty' (λ·G into θ).
       out, pif_loss, pif_terms = pif.train_terms(config.pif, heat_fn, pose_estimator.reference_heads(config),
@@ -82,7 +89,6 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
     terms = gaussian.hybrid_loss(sched, out.astype(jnp.float32), x0, x_t, t, noise,
                                  vlb_weight=config.diffusion.vlb_weight, mse_weight=mse_weight)
     loss = terms['loss'].mean() + pif_loss
-    inter = inter.get('intermediates', {})
     if 'warped' in inter:  # B2 and up: the RPA-warped source should look like the target (paper Fig. 8).
       terms['rpa_l1'] = rpa_training.aux_loss(config.rpa, inter['warped'][0], inter['valid'][0], x0,
                                               mbatch['tgt_kpts'], keep)

@@ -144,3 +144,22 @@ def test_training_workdir_as_init_from_gives_its_latest_ema(tmp_path):
   empty.mkdir(parents=True)
   with pytest.raises(ValueError, match='without a finished checkpoint'):
     checkpoint.load_params(str(empty.parent), abstract, fresh_params=fresh)
+
+
+@pytest.mark.parametrize('path', ['both', 'replace'])
+def test_the_v_aligned_prior_is_the_warped_source_and_zero_for_the_null_condition(path):
+  """diffusion.prediction='v_aligned' reads cond['aligned']['prior'] (sampling) and the sown 'prior' (training):
+  both must be RPA's warped source, and all zero on a CFG null row, so the null branch keeps a zero prior."""
+  config = _config('b2', path)
+  model = factory.build_model(config)
+  params = factory.init_params(model, config, jax.random.key(0))
+  batch = random_batch(config, seed=3)
+  src = jnp.asarray(batch['src_img']).at[1].set(0.0)
+  pose = jnp.asarray(batch['tgt_pose'])
+  cond, inter = model.apply({'params': params}, src, pose, False, mutable=['intermediates'],
+                            method=model.encode_condition)
+  prior = cond['prior'] if path == 'replace' else cond['aligned']['prior']
+  warped = np.asarray(inter['intermediates']['warped'][0])
+  np.testing.assert_array_equal(prior, inter['intermediates']['prior'][0])
+  np.testing.assert_allclose(np.asarray(prior)[0], warped[0], atol=1e-6)
+  assert np.any(np.abs(warped[0]) > 0.1) and not np.any(np.asarray(prior)[1])

@@ -109,3 +109,51 @@ def test_empty_fid_reference_and_lpips_net_mean_skip_and_validate():
   config.eval.lpips_net = 'vgg_typo'
   with pytest.raises(config_lib.ConfigError, match='lpips_net'):
     config_lib.validate_eval(config.eval)
+
+
+def test_prediction_is_validated_and_v_aligned_needs_rpa(tmp_path):
+  config = demo.get_config('variant=b1')
+  config.data.root = str(tmp_path)
+  config.diffusion.prediction = 'x0'
+  with pytest.raises(config_lib.ConfigError, match=r"diffusion\.prediction='x0' must be one of"):
+    config_lib.validate(config)
+  config.diffusion.prediction = 'v_aligned'
+  with pytest.raises(config_lib.ConfigError, match="variant='b1' does not have"):
+    config_lib.validate(config)
+  config.variant = 'b2'
+  config_lib.validate(config)
+
+
+def test_checkpoints_of_another_prediction_are_refused_in_one_line(tmp_path):
+  """The prediction switch changes what the weights mean, not their shapes: resuming or sampling a workdir (or,
+  sampling, an init_from run) trained with another one is a one-line error naming the file; other modes pass."""
+  import json
+  import os
+  import subprocess
+  import sys
+  run = tmp_path / 'run'
+  os.makedirs(run / 'checkpoints')
+  with open(run / 'config.json', 'w') as f:
+    json.dump({'diffusion': {'timesteps': 1000}}, f)  # before the switch existed: eps
+  config = demo.get_config('variant=full')
+  config.data.root = str(tmp_path)
+  assert config.diffusion.prediction == 'v_aligned'
+  for mode in ('train', 'sample'):
+    config.mode = mode
+    with pytest.raises(config_lib.ConfigError, match=r"config\.json: its checkpoints were trained with "
+                       r"diffusion\.prediction='eps', this config has 'v_aligned'"):
+      config_lib.check_prediction_matches(config, str(run))
+  config.mode = 'eval'
+  config_lib.check_prediction_matches(config, str(run))
+  config.mode, config.init_from = 'sample', str(run)
+  with pytest.raises(config_lib.ConfigError, match='v_aligned'):
+    config_lib.check_prediction_matches(config, str(tmp_path / 'fresh'))  # a sample workdir reading init_from
+  config.diffusion.prediction = 'eps'
+  config_lib.check_prediction_matches(config, str(run))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-m', 'reposedm_jax.main', '--config=configs/demo.py:variant=full',
+                      f'--workdir={run}', f'--config.data.root={tmp_path}', '--config.mode=sample'], cwd=repo,
+                     capture_output=True, text=True, timeout=120)
+  err = [line for line in (r.stdout + r.stderr).splitlines() if line.strip() and 'WARNING' not in line]
+  assert r.returncode != 0 and 'Traceback' not in r.stdout + r.stderr, err
+  assert any("--config.diffusion.prediction=eps" in line for line in err), err

@@ -356,3 +356,80 @@ def test_ddpm_fixed_variances_replace_the_networks_v(base):
   assert float(jnp.abs(learned - want).max()) > 1e-3  # the switch changes the sample
   with pytest.raises(ValueError, match='variance must be one of'):
     samplers.ddpm_sample(with_v(0.3), r, x_T, key, variance='fixed')
+
+
+def test_v_prediction_converts_to_the_true_eps_and_its_loss_is_the_v_mse(base):
+  """eps_output maps the true v = sqrt(abar) eps - sqrt(1 - abar) x0 to the true eps (float64 closed form), the
+  variance channels pass through, and the weighted eps-MSE equals the MSE of v (Salimans & Ho's loss)."""
+  t = np.array([0, 7, 120, 500, 850, 999])
+  acp = _np_tables()[1][t][:, None, None, None]
+  rng = np.random.default_rng(11)
+  x0 = rng.uniform(-1, 1, (6, 4, 4, 3))
+  noise = rng.normal(size=x0.shape)
+  x_t = np.sqrt(acp) * x0 + np.sqrt(1 - acp) * noise
+  v_true = np.sqrt(acp) * noise - np.sqrt(1 - acp) * x0
+  var = rng.uniform(-1, 1, x0.shape)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  out = gaussian.eps_output(base, f32(np.concatenate([v_true, var], -1)), f32(x_t), jnp.asarray(t), 'v')
+  np.testing.assert_allclose(out[..., :3], noise, atol=2e-5)
+  np.testing.assert_array_equal(out[..., 3:], f32(var))
+  raw = f32(np.concatenate([noise, var], -1))
+  assert gaussian.eps_output(base, raw, f32(x_t), jnp.asarray(t), 'eps') is raw
+  assert gaussian.prediction_mse_weight(base, jnp.asarray(t), 'eps') is None
+  # A wrong v: the weighted eps error is the v error, at every noise level including abar ~ 4e-5 (t = 999).
+  v_hat = v_true + 0.1 * rng.normal(size=x0.shape)
+  eps_hat = gaussian.eps_output(base, f32(np.concatenate([v_hat, var], -1)), f32(x_t), jnp.asarray(t), 'v')[..., :3]
+  w = np.asarray(gaussian.prediction_mse_weight(base, jnp.asarray(t), 'v'))
+  np.testing.assert_allclose(w, 1 / acp.ravel(), rtol=1e-6)
+  got = w * np.mean((np.asarray(eps_hat, np.float64) - noise) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(got, np.mean((v_hat - v_true) ** 2, axis=(1, 2, 3)), rtol=2e-3)
+  with pytest.raises(ValueError, match='prediction'):
+    gaussian.eps_output(base, raw, f32(x_t), jnp.asarray(t), 'x0')
+
+
+def test_v_aligned_zero_output_is_the_posterior_mean_under_the_prior_image(base):
+  """'v_aligned': a network that outputs zero predicts x0 = sqrt(abar) x_t + (1 - abar) A, the posterior mean of x0
+  under x0 ~ N(A, I) (float64 closed form); a zero prior is plain v; and the true v + sqrt(1 - abar) A gives the
+  true eps, so the v-MSE loss is unchanged by the prior."""
+  t = np.array([0, 30, 400, 999])
+  acp = _np_tables()[1][t][:, None, None, None]
+  rng = np.random.default_rng(13)
+  x0 = rng.uniform(-1, 1, (4, 3, 5, 3))
+  prior = rng.uniform(-1, 1, x0.shape)
+  noise = rng.normal(size=x0.shape)
+  x_t = np.sqrt(acp) * x0 + np.sqrt(1 - acp) * noise
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  tt = jnp.asarray(t)
+  zero = f32(np.zeros(x0.shape[:3] + (6,)))
+  eps = np.asarray(gaussian.eps_output(base, zero, f32(x_t), tt, 'v_aligned', prior=f32(prior))[..., :3], np.float64)
+  x0_hat = (x_t - np.sqrt(1 - acp) * eps) / np.sqrt(acp)
+  want = np.sqrt(acp) * x_t + (1 - acp) * prior
+  np.testing.assert_allclose(x0_hat, want, atol=1e-3 / np.sqrt(acp.min()))
+  np.testing.assert_allclose(x0_hat[1:], want[1:], atol=2e-4)  # where abar is not ~4e-5
+  out = f32(rng.normal(size=x0.shape[:3] + (6,)))
+  np.testing.assert_array_equal(gaussian.eps_output(base, out, f32(x_t), tt, 'v_aligned', prior=f32(0 * prior)),
+                                gaussian.eps_output(base, out, f32(x_t), tt, 'v'))
+  v_true = np.sqrt(acp) * noise - np.sqrt(1 - acp) * x0
+  net = np.concatenate([v_true + np.sqrt(1 - acp) * prior, np.zeros_like(x0)], -1)
+  got = gaussian.eps_output(base, f32(net), f32(x_t), tt, 'v_aligned', prior=f32(prior))[..., :3]
+  np.testing.assert_allclose(got, noise, atol=5e-5)
+  with pytest.raises(ValueError, match='prior'):
+    gaussian.eps_output(base, out, f32(x_t), tt, 'v_aligned')
+
+
+def test_v_oracle_through_eps_output_recovers_x0_with_respaced_ddpm(base):
+  """A v-predicting oracle, converted at model-facing timesteps on the base schedule (as sample.generate does),
+  drives the respaced DDPM sampler to x0: the conversion must read abar at the model timestep, not the index."""
+  r = respace(base, ddim_timesteps(T, 25))
+  rng = np.random.default_rng(12)
+  x0 = jnp.asarray(rng.uniform(-0.95, 0.95, size=(2, 8, 8, 3)), jnp.float32)
+  acp = jnp.asarray(base.alphas_cumprod, jnp.float32)
+
+  def v_model_fn(x, t_b):
+    a = acp[t_b][:, None, None, None]
+    eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
+    v = jnp.sqrt(a) * eps - jnp.sqrt(1.0 - a) * x0
+    return gaussian.eps_output(base, jnp.concatenate([v, -jnp.ones_like(v)], -1), x, t_b, 'v')
+  got = samplers.ddpm_sample(v_model_fn, r, jnp.asarray(rng.normal(size=x0.shape), jnp.float32),
+                             jax.random.key(3))
+  np.testing.assert_allclose(got, x0, atol=1e-4)

@@ -38,6 +38,9 @@ class Settings:
   train_seeds: Tuple[int, ...] = (0, 1)  # 1.53 h for both on the 2-core VM (WORKSPACE.md)
   sample_seeds: Tuple[int, ...] = (1, 2, 3)
   models: Tuple[str, ...] = MODELS
+  # What every row's network predicts. 'eps' (the paper's) for all three rows: B2 / RePoseDM start from B1's
+  # weights, and configs/demo.py's 'v_aligned' (its full variant) has no B1 form. docs/ablation/ used 'eps'.
+  prediction: str = 'eps'
   config_arg: str = ''  # extra args of configs/demo.py (tests: 'runlocal=True')
   overrides: Tuple[Tuple[str, Any], ...] = ()  # applied to every stage's config (tests: tiny shapes)
 
@@ -97,7 +100,8 @@ def stages(s: Settings) -> List[Stage]:
   if unknown or not s.models:
     raise ValueError(f'models must be a non-empty subset of {MODELS}, got {s.models}')
   common = dict(s.overrides)
-  data = {'data.root': data_dir(s), 'data.height': s.height, 'data.width': s.width, **common}
+  data = {'data.root': data_dir(s), 'data.height': s.height, 'data.width': s.width,
+          'diffusion.prediction': s.prediction, **common}
   gen = {'seed': s.data_seed, 'identities': s.identities, 'views_per_identity': s.views, 'height': s.height,
          'width': s.width, 'test_fraction': s.test_fraction, 'difficulty': s.difficulty}
   out = [Stage(f'data ({s.difficulty} synthetic benchmark)', 'data', data_dir(s), '', gen,

@@ -128,6 +128,48 @@ def discretized_gaussian_log_likelihood(x: jnp.ndarray, means: jnp.ndarray,
                    jnp.where(x > _EDGE, log_one_minus_cdf_min, log_delta))
 
 
+# What the network's first C channels predict: eps (PIDM / the paper); v = sqrt(abar) eps - sqrt(1 - abar) x0
+# (Salimans & Ho, 2022); or 'v_aligned', v around a prior image A (B2 / RePoseDM: RPA's aligned source), i.e. the
+# network's zero output means x0_hat = sqrt(abar) x_t + (1 - abar) A, the posterior mean of x0 under the prior
+# x0 ~ N(A, I). Everything downstream (losses, samplers, PIF, CFG) reads eps: `eps_output` converts.
+PREDICTIONS = ('eps', 'v', 'v_aligned')
+
+
+def eps_output(s: Schedule, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray, prediction: str,
+               prior=None) -> jnp.ndarray:
+  """[B, H, W, 2C] network output -> the (eps, variance interpolant) output the rest of the code reads.
+
+  For 'v': eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, affine in v with x_t shared, so classifier-free guidance
+  on the converted eps equals guidance on v. For 'v_aligned': v = out - sqrt(1 - abar_t) prior first ([B, H, W, C];
+  zero for CFG's null rows, whose prior is the all-zero aligned source). `t` indexes `s` (the base schedule for
+  model-facing timesteps). Why v: an eps-network's x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) amplifies its
+  error by sqrt(1/abar - 1) (about 9x at t = 700).
+  """
+  if prediction == 'eps':
+    return out
+  if prediction not in PREDICTIONS:
+    raise ValueError(f'prediction must be one of {PREDICTIONS}, got {prediction!r}')
+  v_pred, var = split_model_output(out)
+  sqrt_1m = extract(s.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
+  if prediction == 'v_aligned':
+    if prior is None:
+      raise ValueError("prediction='v_aligned' needs the prior image (RPA's aligned source: variant b2 / full)")
+    v_pred = v_pred - sqrt_1m * prior
+  eps = extract(s.sqrt_alphas_cumprod, t, x_t.ndim) * v_pred + sqrt_1m * x_t
+  return jnp.concatenate([eps, var], axis=-1)
+
+
+def prediction_mse_weight(s: Schedule, t: jnp.ndarray, prediction: str):
+  """[B] factor that turns the eps-MSE of an `eps_output` into the MSE of what the network predicts, or None.
+
+  For 'v' / 'v_aligned': eps_hat - eps = sqrt(abar_t) (v_hat - v) at the same x_t, so
+  ||v_hat - v||^2 = ||eps_hat - eps||^2 / abar_t.
+  """
+  if prediction == 'eps':
+    return None
+  return jnp.asarray(1.0 / np.asarray(s.alphas_cumprod, np.float64), jnp.float32)[t]
+
+
 MSE_WEIGHTINGS = ('uniform', 'min_snr')
 
 

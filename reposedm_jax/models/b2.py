@@ -88,9 +88,14 @@ class B2Model(nn.Module):
       # no gradient to bring it back (WORKSPACE.md, session 8).
       warped, valid = jax.lax.stop_gradient(warped), jax.lax.stop_gradient(valid)
     if self.aligned_path == 'replace':
-      return {'src': self.unet.encode(warped, train)}
+      self.sow('intermediates', 'prior', warped)
+      return {'src': self.unet.encode(warped, train), 'prior': warped}
     keep = has_source(src_img_bhwc)
-    extra: dict[str, Any] = {'keep': keep}
+    # diffusion.prediction='v_aligned' centres the network's x0 on this image (gaussian.eps_output); zero for
+    # CFG's null rows, so the null branch keeps a zero prior.
+    prior = warped * keep[:, None, None, None]
+    self.sow('intermediates', 'prior', prior)
+    extra: dict[str, Any] = {'keep': keep, 'prior': prior}
     if aligned_lib.uses_input(self.aligned_path):
       extra['image'] = jnp.concatenate([warped, valid], axis=-1) * keep[:, None, None, None]
     if aligned_lib.uses_tokens(self.aligned_path):
