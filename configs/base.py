@@ -253,8 +253,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Hang et al. 2023: faster convergence; WORKSPACE.md has what it does on the demo's budget).
   diffusion.mse_weighting = 'uniform'
   diffusion.min_snr_gamma = 5.0
-  # What the network predicts: 'eps' (PIDM / the paper) or 'v' (sqrt(abar) eps - sqrt(1 - abar) x0, its MSE as the
-  # loss; samplers, PIF and CFG read the eps it implies). configs/demo.py uses 'v' (WORKSPACE.md, session 19).
+  # What the network predicts: 'eps' (PIDM / the paper), 'v' (sqrt(abar) eps - sqrt(1 - abar) x0, its MSE the loss)
+  # or 'v_aligned' (v around RPA's aligned source; b2 / full). Samplers, PIF and CFG read the eps it implies
+  # (gaussian.eps_output). configs/demo.py's full variant uses 'v_aligned' (WORKSPACE.md, session 19).
   diffusion.prediction = 'eps'
 
   # ---------------------------------------------------------------- training

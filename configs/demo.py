@@ -50,7 +50,7 @@ def get_config(arg=None):
   t = config.train
   t.batch_size = 8
   # variant full: 2.0-2.2 steps/s on 2 cores, the whole demo in 14 m 43 s (2026-12-04); 1.0-1.2 steps/s and
-  # 28 m on a slower 2-core host (2026-12-07; WORKSPACE.md).
+  # 28-33 m on a slower 2-core host (2026-12-07; WORKSPACE.md).
   t.num_steps = 1100
   t.lr = 1e-3
   t.warmup_steps = 100
