@@ -272,18 +272,26 @@ def _validate_pose(config, n_dev: int, p: list[str]) -> None:
     _check(q.lr > 0 and 0 <= q.final_lr_frac <= 1, 'pose.lr must be positive and pose.final_lr_frac in [0, 1]', p)
 
 
+def _has_step(run: str) -> bool:
+  """A finished checkpoint step in run/checkpoints (sampling creates the directory empty)."""
+  ckpt = os.path.join(run, 'checkpoints')
+  return os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
+
+
 def check_prediction_matches(config, workdir: str) -> None:
-  """Refuses to resume or sample checkpoints trained with another `diffusion.prediction`.
+  """Refuses to run on checkpoints trained with another `diffusion.prediction`.
 
   The switch changes what the weights mean, not their shapes, so the checkpoint restore cannot catch it: an eps
-  network read as v samples noise. Sources: the workdir's own checkpoints (train resumes them, sample reads them)
-  and, in sample mode, `init_from`. A config.json from before the switch existed means 'eps'.
+  network read as v samples noise. Sources: the workdir's own checkpoint steps and, when it has none and the mode
+  samples, `init_from`. Every mode rewrites config.json, which is what this reads, so every mode is checked
+  (eval too: it would otherwise record the wrong prediction for the next sample / predict). A config.json from
+  before the switch existed means 'eps'.
   """
-  if config.mode not in ('train', 'sample'):
+  if 'diffusion' not in config:
     return
   want = config.diffusion.get('prediction', 'eps')
-  paths = [workdir] if os.path.isdir(os.path.join(workdir, 'checkpoints')) else []
-  if config.mode == 'sample' and config.get('init_from') and not paths:
+  paths = [workdir] if _has_step(workdir) else []
+  if not paths and config.mode == 'sample' and config.get('init_from'):
     paths.append(config.init_from)
   for path in paths:
     cfg_path = os.path.join(path, 'config.json')
@@ -299,5 +307,8 @@ def check_prediction_matches(config, workdir: str) -> None:
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    # Written whole, then renamed: other processes read it (check_prediction_matches) while process 0 writes.
+    tmp = os.path.join(workdir, f'.config.json.{os.getpid()}')
+    with open(tmp, 'w') as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, 'config.json'))

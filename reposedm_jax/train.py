@@ -67,11 +67,11 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
   pif_batch = {'tgt_kpts': batch['tgt_kpts'], 'tgt_img': mbatch['tgt_img']}
 
   dcfg = config.diffusion
-  mse_weight = gaussian.min_snr_weight(sched, t, dcfg.min_snr_gamma) if dcfg.mse_weighting == 'min_snr' else None
   prediction = dcfg.get('prediction', 'eps')  # runs from before the switch predicted eps
-  pred_weight = gaussian.prediction_mse_weight(sched, t, prediction)  # v: the loss is the MSE of v
-  if pred_weight is not None:
-    mse_weight = pred_weight if mse_weight is None else mse_weight * pred_weight
+  # The MSE is taken on the eps the network implies, so min_snr_weight is Min-SNR-gamma whatever it predicts;
+  # otherwise v's loss is the MSE of v (prediction_mse_weight; None for eps).
+  mse_weight = (gaussian.min_snr_weight(sched, t, dcfg.min_snr_gamma) if dcfg.mse_weighting == 'min_snr'
+                else gaussian.prediction_mse_weight(sched, t, prediction))
 
   def loss_fn(params):
     out, inter = model.apply({'params': params}, x_t, t, mbatch['tgt_pose'], src, train=True,

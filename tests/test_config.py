@@ -138,13 +138,13 @@ def test_checkpoints_of_another_prediction_are_refused_in_one_line(tmp_path):
   config = demo.get_config('variant=full')
   config.data.root = str(tmp_path)
   assert config.diffusion.prediction == 'v_aligned'
-  for mode in ('train', 'sample'):
+  config_lib.check_prediction_matches(config, str(run))  # no finished step yet (sampling makes the dir empty)
+  os.makedirs(run / 'checkpoints' / '400')
+  for mode in ('train', 'sample', 'eval'):  # eval too: it rewrites the config.json the next sample reads
     config.mode = mode
     with pytest.raises(config_lib.ConfigError, match=r"config\.json: its checkpoints were trained with "
                        r"diffusion\.prediction='eps', this config has 'v_aligned'"):
       config_lib.check_prediction_matches(config, str(run))
-  config.mode = 'eval'
-  config_lib.check_prediction_matches(config, str(run))
   config.mode, config.init_from = 'sample', str(run)
   with pytest.raises(config_lib.ConfigError, match='v_aligned'):
     config_lib.check_prediction_matches(config, str(tmp_path / 'fresh'))  # a sample workdir reading init_from

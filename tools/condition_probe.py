@@ -43,8 +43,15 @@ def probe(config, workdir: str, pairs: int, timesteps) -> list[dict]:
   x0, pose, src = (jnp.asarray(b[k]) for k in ('tgt_img', 'tgt_pose', 'src_img'))
   other = jnp.roll(src, 1, axis=0)  # each row gets the next pair's source (and its keypoints)
   kp_s, kp_t = jnp.asarray(b['src_kpts']), jnp.asarray(b['tgt_kpts'])
-  apply = jax.jit(lambda x, t, s, ks: model.apply({'params': params}, x, t, pose, s, train=False,
-                                                  kpts=(ks, kp_t))[..., :3])
+  prediction = config.diffusion.get('prediction', 'eps')
+  channels = x0.shape[-1]
+
+  def eps_of(x, t, s, ks):  # the eps the network implies (diffusion.prediction v / v_aligned: converted)
+    out, inter = model.apply({'params': params}, x, t, pose, s, train=False, kpts=(ks, kp_t),
+                             mutable=['intermediates'])
+    prior = inter['intermediates']['prior'][0] if 'prior' in inter.get('intermediates', {}) else None
+    return gaussian.eps_output(sched, out, x, t, prediction, prior=prior)[..., :channels]
+  apply = jax.jit(eps_of)
   rng = np.random.default_rng(0)
   rows = []
   for t in timesteps:
