@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -50,6 +51,17 @@ def test_every_step_damaged_is_one_clear_error(data_root, tmp_path):
   config.train.num_steps = 4
   with pytest.raises(checkpoint.CheckpointError, match=r'No checkpoint .* restores: steps \[2\] are damaged'):
     train.train_and_evaluate(config, workdir)
+
+
+def test_the_finiteness_check_reads_every_shard_and_dtype():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  ok = {'w': jax.device_put(np.arange(8, dtype=np.float32), split), 'b16': jnp.ones(3, jnp.bfloat16),
+        'count': jnp.int32(7), 'host': np.zeros(2)}
+  assert checkpoint.all_finite(ok)
+  for key, bad in (('w', jax.device_put(np.array([0, 0, 0, 0, 0, 0, 0, np.inf], np.float32), split)),  # last shard
+                   ('b16', jnp.array([1.0, jnp.nan, 2.0], jnp.bfloat16)), ('host', np.array([0.0, -np.inf]))):
+    assert not checkpoint.all_finite({**ok, key: bad}), key
 
 
 def test_a_non_finite_state_is_never_saved(data_root, tmp_path):

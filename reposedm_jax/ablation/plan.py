@@ -41,6 +41,9 @@ class Settings:
   # What every row's network predicts. 'eps' (the paper's) for all three rows: B2 / RePoseDM start from B1's
   # weights, and configs/demo.py's 'v_aligned' (its full variant) has no B1 form. docs/ablation/ used 'eps'.
   prediction: str = 'eps'
+  # RPA's recurrent updates N for the B2 / RePoseDM rows: the paper's 5, which docs/ablation/ used
+  # (configs/demo.py's own default is 2, for `make demo`'s time budget).
+  rpa_iterations: int = 5
   config_arg: str = ''  # extra args of configs/demo.py (tests: 'runlocal=True')
   overrides: Tuple[Tuple[str, Any], ...] = ()  # applied to every stage's config (tests: tiny shapes)
 
@@ -101,7 +104,7 @@ def stages(s: Settings) -> List[Stage]:
     raise ValueError(f'models must be a non-empty subset of {MODELS}, got {s.models}')
   common = dict(s.overrides)
   data = {'data.root': data_dir(s), 'data.height': s.height, 'data.width': s.width,
-          'diffusion.prediction': s.prediction, **common}
+          'diffusion.prediction': s.prediction, 'rpa.iterations': s.rpa_iterations, **common}
   gen = {'seed': s.data_seed, 'identities': s.identities, 'views_per_identity': s.views, 'height': s.height,
          'width': s.width, 'test_fraction': s.test_fraction, 'difficulty': s.difficulty}
   out = [Stage(f'data ({s.difficulty} synthetic benchmark)', 'data', data_dir(s), '', gen,
