@@ -54,8 +54,8 @@ def get_config(arg=None):
 
   t = config.train
   t.batch_size = 8
-  # variant full: 2.0-2.2 steps/s on 2 cores, the whole demo in 14 m 43 s (2026-12-04); 1.0-1.2 steps/s and
-  # 28-33 m on a slower 2-core host (2026-12-07; WORKSPACE.md).
+  # variant full, N = 2: 0.9-1.5 steps/s on the slower 2-core host of 2026-12-07, the whole demo 22 m 11 s from a
+  # fresh clone there; 600 steps lose most of the quality (SSIM 0.31 against 0.56; WORKSPACE.md, session 20).
   t.num_steps = 1100
   t.lr = 1e-3
   t.warmup_steps = 100
