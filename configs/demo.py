@@ -41,9 +41,10 @@ def get_config(arg=None):
   # RPA refines a keypoint pre-warp instead of starting from the identity (models/keypoint_flow.py): from
   # scratch at 1100 steps SSIM 0.384 / LPIPS 0.213 against 0.293 / 0.307 (WORKSPACE.md, session 9).
   r.init_flow = 'keypoints'
-  # N = 2 recurrent updates after F^0 (the paper: 5). On the demo's test pairs the updates after F^0 change the
-  # aligned source's L1 on the target's body by 0.002 (0.3231 -> 0.3208 over F^0..F^5), while each costs ~75 ms
-  # of the ~890 ms training step: N = 2 trains at 1.45 steps/s instead of 0.93 (WORKSPACE.md, session 20).
+  # N = 2 recurrent updates after F^0 (the paper: 5). On the demo's test pairs, starting from the keypoint pre-warp,
+  # the updates after F^0 change the aligned source's L1 on the target's body by 0.002 (0.3231 -> 0.3208 over
+  # F^0..F^5), while each costs ~75 ms of the ~890 ms training step: N = 2 trains at 1.40-1.53 steps/s against
+  # 0.83-1.09 (WORKSPACE.md, session 20).
   # The ablation pins the paper's N = 5 for its B2 / RePoseDM rows (ablation/plan.py).
   r.iterations = 2
 
@@ -77,8 +78,8 @@ def get_config(arg=None):
   # DDPM with the learned variance clips x0 at each step; PIDM's DDIM does not, which a model trained
   # for minutes does not survive (measured: SSIM 0.30 DDIM vs 0.49 DDPM at 1500 steps).
   s.sampler = 'ddpm'
-  # 25 respaced steps: on the demo's 32 test pairs SSIM 0.571 -> 0.560, LPIPS 0.124 -> 0.124, judge PCK@0.1
-  # 0.773 -> 0.767 against 50, at half the sampling time (WORKSPACE.md, session 20).
+  # 25 respaced steps: on the demo's 32 test pairs (session 19's N = 5 checkpoint) SSIM 0.571 -> 0.560, LPIPS
+  # 0.124 -> 0.124, judge PCK@0.1 0.773 -> 0.767 against 50, at half the sampling time (WORKSPACE.md, session 20).
   s.num_steps = 25
   # The fixed small variance (beta~_t) instead of the learned one: the demo's 1100-step model's variance head
   # leaves high-frequency noise in its samples; on its 32 test pairs SSIM 0.397 -> 0.486, LPIPS 0.211 -> 0.186,

@@ -24,9 +24,12 @@ def test_every_row_starts_from_the_same_b1_and_gets_the_same_diffusion_steps():
       assert o['train.num_steps'] - o['rpa.pretrain_steps'] == s.ft_steps  # diffusion steps, equal for all rows
       assert o['rpa.pretrain_steps'] == (0 if model == 'b1' else s.pretrain_steps)
       assert ('pose.checkpoint' in o) == (model == 'full')
-  # The committed table's settings hold whatever configs/demo.py defaults to (make demo's budget choices).
+  # The committed table's settings hold regardless of what configs/demo.py defaults to (make demo's budget).
   assert all(st.overrides['diffusion.prediction'] == 'eps' and st.overrides['rpa.iterations'] == 5
              for st in stages if st.kind in ('train', 'sample', 'eval'))
+  # ... while the tiny setting's own overrides still win, and the CLI sets the pin.
+  assert all(st.overrides['rpa.iterations'] == 1 for st in plan.stages(cli.tiny_settings('/x')) if st.kind != 'data')
+  assert cli.build_parser().parse_args(['--rpa-iterations', '3']).rpa_iterations == 3
   pose = [st for st in stages if st.kind == 'pose']
   assert [st.overrides['seed'] for st in pose] == [0, 1]
   evals = [st for st in stages if st.kind == 'eval']

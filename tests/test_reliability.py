@@ -56,12 +56,17 @@ def test_every_step_damaged_is_one_clear_error(data_root, tmp_path):
 def test_the_finiteness_check_reads_every_shard_and_dtype():
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   ok = {'w': jax.device_put(np.arange(8, dtype=np.float32), split), 'b16': jnp.ones(3, jnp.bfloat16),
-        'count': jnp.int32(7), 'host': np.zeros(2)}
-  assert checkpoint.all_finite(ok)
-  for key, bad in (('w', jax.device_put(np.array([0, 0, 0, 0, 0, 0, 0, np.inf], np.float32), split)),  # last shard
-                   ('b16', jnp.array([1.0, jnp.nan, 2.0], jnp.bfloat16)), ('host', np.array([0.0, -np.inf]))):
-    assert not checkpoint.all_finite({**ok, key: bad}), key
+        'count': jnp.int32(7), 'host': np.zeros(2), 'scalar': 0.5, 'r': jax.device_put(np.ones(3, np.float32),
+                                                                                        replicated)}
+  bad = {'w': jax.device_put(np.array([0, 0, 0, 0, 0, 0, 0, np.inf], np.float32), split),  # in the last shard
+         'b16': jnp.array([1.0, jnp.nan, 2.0], jnp.bfloat16), 'host': np.array([0.0, -np.inf]), 'scalar': np.nan,
+         'r': jax.device_put(np.array([1, np.nan, 1], np.float32), replicated)}
+  for on_host in (True, False):  # the CPU form and the accelerators' jitted one
+    assert checkpoint.all_finite(ok, on_host=on_host)
+    for key, value in bad.items():
+      assert not checkpoint.all_finite({**ok, key: value}, on_host=on_host), (key, on_host)
 
 
 def test_a_non_finite_state_is_never_saved(data_root, tmp_path):
