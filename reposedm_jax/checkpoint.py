@@ -219,9 +219,9 @@ def _leaf_finite_on_host(leaf) -> bool:
              for p in parts)
 
 
-def _all_finite_device(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in tree]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def _all_finite_device(leaves) -> jax.Array:
+  flags = [jnp.all(jnp.isfinite(x)) for x in leaves]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 _all_finite_device_jit = jax.jit(_all_finite_device)
