@@ -18,7 +18,7 @@ from reposedm_jax.data import synthetic
 from reposedm_jax.diffusion.schedule import linear_schedule
 from reposedm_jax.models import autoencoder, factory
 from tests.conftest import random_batch
-from tests.test_train import FAST_ENV, REPO, tiny_config
+from tests.test_train import REPO, stage_env, tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -198,9 +198,9 @@ def test_main_latent_train_sample_eval(variant, data_root, tmp_path):
           '--config.model.model_channels=16', '--config.model.space=latent', '--config.latent.random_preset=tiny',
           '--config.model.image_channels=4', '--config.rpa.ds=2', '--config.pif.estimator=toy',
           "--config.eval.pose_judges=()"]
-  env = {**os.environ, **FAST_ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   for mode in ('train', 'sample', 'eval'):
-    r = subprocess.run(base + [f'--config.mode={mode}'], cwd=REPO, env=env, capture_output=True, text=True)
+    r = subprocess.run(base + [f'--config.mode={mode}'], cwd=REPO, env=stage_env(mode), capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   ckpt = os.path.join(workdir, 'checkpoints')
   step = max(int(s) for s in os.listdir(ckpt) if s.isdigit())

@@ -11,7 +11,7 @@ import pytest
 
 from reposedm_jax.data.errors import BadExampleError
 from reposedm_jax.reid import augment, batches, market, protocol
-from tests.test_train import FAST_ENV, REPO
+from tests.test_train import REPO, stage_env
 
 
 def reference_map(dist, q_pids, q_cams, g_pids, g_cams):
@@ -147,14 +147,15 @@ def test_reid_augment_table_end_to_end(tmp_path):
   """A generator trained 2 steps, then the whole table for two fractions from one command (and a rerun skips)."""
   root, gen_dir, work = str(tmp_path / 'data'), str(tmp_path / 'gen'), str(tmp_path / 'reid')
   market.write_synthetic(root, identities=12, views=4, height=64, width=32)
-  env = {**os.environ, **FAST_ENV, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   common = [f'--config.data.root={root}', '--config.data.ann_height=64', '--config.data.ann_width=32',
             '--config.data.height=32', '--config.data.width=16']
   r = subprocess.run([sys.executable, '-m', 'reposedm_jax.main', '--config=configs/market1501.py:runlocal',
-                      f'--workdir={gen_dir}'] + common, cwd=REPO, env=env, capture_output=True, text=True)
+                      f'--workdir={gen_dir}'] + common, cwd=REPO, env=stage_env('train'), capture_output=True,
+                     text=True)
   assert r.returncode == 0, r.stderr[-3000:]
   cmd = [sys.executable, '-m', 'reposedm_jax.main', '--config=configs/market1501_reid.py:runlocal',
          f'--workdir={work}', f'--config.reid.generator={gen_dir}', '--config.reid.fractions=(0.5, 1.0)'] + common
+  env = stage_env('reid_augment')  # Many short trainings and generation: faster optimised (stage_env).
   r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   table = json.load(open(os.path.join(work, 'reid', 'table.json')))
