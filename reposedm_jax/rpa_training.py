@@ -88,6 +88,11 @@ def uses_phases(config) -> bool:
   return config.variant in ('b2', 'full') and config.rpa.pretrain_steps > 0
 
 
+def frozen_after_pretrain(config) -> bool:
+  """RPA stops training after its pre-training (`rpa.lr_mult_after_pretrain=0`): the joint step skips its backward."""
+  return uses_phases(config) and float(config.rpa.lr_mult_after_pretrain) == 0.0
+
+
 def _frozen_until(inner: optax.GradientTransformation, start: int) -> optax.GradientTransformation:
   """`inner` that ignores (zero update, state untouched) the first `start` updates."""
   def init(params):

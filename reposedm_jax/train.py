@@ -98,7 +98,16 @@ def train_step(state, batch, base_rng, *, model, sched, tx, config):
     terms.update(pif_terms)
     return loss, terms
 
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  if rpa_training.frozen_after_pretrain(config):
+    # RPA is frozen after its pre-training: differentiate the rest only, so the step runs RPA forward (the
+    # U-Net's aligned input, the logged auxiliary loss) without its backward pass; zero gradients keep the
+    # optimizer's tree (its RPA partition scales every update by 0).
+    rpa_params = jax.lax.stop_gradient(state['params']['rpa'])
+    rest = {k: v for k, v in state['params'].items() if k != 'rpa'}
+    (loss, terms), grads = jax.value_and_grad(lambda p: loss_fn({**p, 'rpa': rpa_params}), has_aux=True)(rest)
+    grads = {**grads, 'rpa': jax.tree.map(jnp.zeros_like, rpa_params)}
+  else:
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   # EMA is a plain copy for the first ema_start_step steps (PIDM), then decays.

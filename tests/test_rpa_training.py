@@ -84,6 +84,41 @@ def test_pretraining_moves_only_rpa_then_freezes_it():
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(after['unet']), jax.tree.leaves(after_pre['unet'])))
 
 
+@pytest.mark.parametrize('unet_grad', [False, True])
+def test_a_frozen_rpa_step_skips_its_backward_and_updates_the_rest_as_before(monkeypatch, unet_grad):
+  """lr_mult_after_pretrain=0: the joint step differentiates the U-Net only; params, EMA and metrics equal the
+  step that also differentiates RPA (whose updates the optimizer then scales by 0)."""
+  config = _b2_config(pretrain=1, mult=0.0)
+  config.rpa.unet_grad = unet_grad
+  assert rpa_training.frozen_after_pretrain(config)
+  assert not rpa_training.frozen_after_pretrain(_b2_config(pretrain=1, mult=0.5))
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
+  model = factory.build_model(config)
+  tx = train_state.make_optimizer(config)
+  repl = sharding.replicated(mesh)
+  state = jax.device_put(train_state.init_state(model, tx, config, jax.random.key(0)), repl)
+  shard = jax.tree.map(lambda _: repl, state)
+  batch = sharding.global_batch(random_batch(config), mesh)
+  pre = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard, pretrain=True)
+  state, _ = pre(state, batch, jax.random.key(1))
+  fast = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard)
+  fast_text = fast.lower(state, batch, jax.random.key(1)).as_text()
+  with monkeypatch.context() as m:
+    m.setattr(rpa_training, 'frozen_after_pretrain', lambda _: False)
+    slow = train.compile_train_step(model, linear_schedule(1000), tx, config, mesh, shard)
+    slow_text = slow.lower(state, batch, jax.random.key(1)).as_text()
+  assert len(fast_text) < len(slow_text)  # the RPA backward is gone from the program
+  keep = jax.device_get(state)
+  got, got_m = jax.device_get(fast(jax.device_put(keep, repl), batch, jax.random.key(1)))
+  want, want_m = jax.device_get(slow(jax.device_put(keep, repl), batch, jax.random.key(1)))
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-7)
+  jax.tree.map(close, got['params'], want['params'])
+  jax.tree.map(close, got['ema_params'], want['ema_params'])
+  jax.tree.map(np.testing.assert_array_equal, got['params']['rpa'], keep['params']['rpa'])
+  for k in ('loss', 'mse', 'vb', 'rpa_l1', 'update_norm'):
+    close(got_m[k], want_m[k])
+
+
 def test_the_unet_optimizer_starts_at_step_k_as_if_fresh():
   """Adam's count of the U-Net starts at the end of pre-training: its first update equals a fresh one."""
   config = _b2_config(pretrain=3, mult=1.0)
