@@ -33,7 +33,7 @@ demo: $(STAMP)
 		--workdir=$(DEMO) --config.mode=train_pose
 	# The pose judge of eval mode: the same small HigherHRNet from another seed (independent of the guide). It
 	# trains beside the generator, on the core that the generator's single-threaded XLA compiles leave idle.
-	mkdir -p $(DEMO)/judge; judge=; trap 'test -z "$$judge" || kill $$judge 2>/dev/null; exit 130' INT TERM; \
+	@mkdir -p $(DEMO)/judge; judge=; trap 'test -z "$$judge" || kill $$judge 2>/dev/null; exit 130' INT TERM; \
 	if ! test -f $(DEMO)/judge/pose/pose_eval.json; then \
 		echo "The pose judge trains in the background: $(DEMO)/judge/train_pose.log"; \
 		$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO)/judge --config.mode=train_pose \

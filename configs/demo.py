@@ -60,11 +60,11 @@ def get_config(arg=None):
 
   t = config.train
   t.batch_size = 8
-  # 800 steps (100 of them RPA pre-training) at lr 2e-3: on the demo's 32 test pairs SSIM 0.456, LPIPS 0.142,
-  # judge PCK@0.1 0.705 with RPA trained throughout, against 0.555 / 0.124 / 0.758 at 1100 steps and lr 1e-3,
-  # which took the whole demo to 22 m 11 s from a fresh clone on this 2-core host; 600 steps at lr 1e-3 lose
-  # most of the quality (SSIM 0.31; WORKSPACE.md, sessions 20-22).
-  t.num_steps = 800
+  # 750 steps (100 of them RPA pre-training) at lr 2e-3. A fresh clone with 800 (commit 0118532, this 2-core VM,
+  # 2026-12-07): SSIM 0.471, LPIPS 0.141, judge PCK@0.1 0.756 on the demo's 32 test pairs, the whole demo 15 m 16 s;
+  # 1100 steps at lr 1e-3 gave 0.555 / 0.124 / 0.758 in 22 m 11 s; 600 steps at lr 1e-3 lose most of the quality
+  # (SSIM 0.31; WORKSPACE.md, sessions 20-22).
+  t.num_steps = 750
   t.lr = 2e-3
   t.warmup_steps = 100
   t.ema_decay = 0.995
