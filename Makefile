@@ -31,13 +31,13 @@ demo: $(STAMP)
 	# PIF's guide: the small HigherHRNet trained on the demo data's keypoints (seed 0, <workdir>/pose).
 	test -f $(DEMO)/pose/pose_eval.json || $(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) \
 		--workdir=$(DEMO) --config.mode=train_pose
-	# The pose judge of eval mode: the same small HigherHRNet from another seed (independent of the guide). It
-	# trains beside the generator, on the core that the generator's single-threaded XLA compiles leave idle.
+	# The pose judge of eval mode: the same small HigherHRNet from another seed (independent of the guide), 600
+	# steps. It trains beside the generator, on the core that the generator's single-threaded XLA compiles leave idle.
 	@mkdir -p $(DEMO)/judge; judge=; trap 'test -z "$$judge" || kill $$judge 2>/dev/null; exit 130' INT TERM; \
 	if ! test -f $(DEMO)/judge/pose/pose_eval.json; then \
 		echo "The pose judge trains in the background: $(DEMO)/judge/train_pose.log"; \
 		$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO)/judge --config.mode=train_pose \
-			--config.seed=1 > $(DEMO)/judge/train_pose.log 2>&1 & judge=$$!; fi; \
+			--config.seed=1 --config.pose.num_steps=600 > $(DEMO)/judge/train_pose.log 2>&1 & judge=$$!; fi; \
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO); rc=$$?; \
 	if test -n "$$judge" && ! wait $$judge; then \
 		tail -n 5 $(DEMO)/judge/train_pose.log; echo "The pose judge failed: $(DEMO)/judge/train_pose.log"; exit 1; fi; \
