@@ -60,11 +60,12 @@ def get_config(arg=None):
 
   t = config.train
   t.batch_size = 8
-  # 650 steps (100 of them RPA pre-training) at lr 2e-3, for a demo within 15 minutes on a 2-core host whose speed
-  # moves by ~25 % over an hour. Fresh clones on this VM, 2026-12-07 (WORKSPACE.md, session 22), on the 32 test
-  # pairs: 800 steps SSIM 0.471, LPIPS 0.141, judge PCK@0.1 0.756, the demo 15 m 16 s; 750 steps 0.441 / 0.149 /
-  # 0.729 in 18 m 08 s (a slower hour); 1100 steps at lr 1e-3 0.555 / 0.124 / 0.758 in 22 m 11 s.
-  t.num_steps = 650
+  # 800 steps (100 of them RPA pre-training) at lr 2e-3. Fresh clones on this 2-core VM, 2026-12-07/08, 32 test
+  # pairs (WORKSPACE.md, "Demo time (session 22)"): 800 steps SSIM 0.471, LPIPS 0.141, judge PCK@0.1 0.756, the
+  # demo 15 m 16 s; 750 steps 0.441 / 0.149 / 0.729 in 18 m 08 s and 650 steps (guide 450) 0.389 / 0.172 / 0.709
+  # in 16 m 13 s, both in slower hours of the host (~20 % slower). Fewer steps cost more quality than the host's
+  # swings cost time; 1100 steps at lr 1e-3 gave 0.555 / 0.124 / 0.758 in 22 m 11 s.
+  t.num_steps = 800
   t.lr = 2e-3
   t.warmup_steps = 100
   t.ema_decay = 0.995
@@ -77,10 +78,10 @@ def get_config(arg=None):
 
   p = config.pose  # mode=train_pose: the small HigherHRNet (make demo's pose judge; guides variant=full).
   p.arch = 'small'
-  # The guide: 450 steps; at 300 / 600 its held-out PCK@0.1 was 0.789 / 0.852 (session 22's fresh clone, 5-7
-  # steps/s). `make demo` trains the judge for 600 steps beside the generator, where it costs little wall time.
-  # The ablation's estimators used 1500 (0.86-0.90).
-  p.batch_size, p.num_steps, p.warmup_steps = 16, 450, 100
+  # 600 steps: the guide's held-out PCK@0.1 0.789 at 300, 0.838 at 450, 0.852 at 600 (session 22's fresh clones,
+  # 4-7 steps/s); `make demo` trains the judge (600 steps, seed 1) beside the generator, where it costs little wall
+  # time. The ablation's estimators used 1500 (0.86-0.90).
+  p.batch_size, p.num_steps, p.warmup_steps = 16, 600, 100
   p.log_every, p.ckpt_every, p.eval_every = 100, 300, 300
 
   s = config.sample
