@@ -38,10 +38,10 @@ demo: $(STAMP)
 		echo "The pose judge trains in the background: $(DEMO)/judge/train_pose.log"; \
 		$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO)/judge --config.mode=train_pose \
 			--config.seed=1 --config.pose.num_steps=600 > $(DEMO)/judge/train_pose.log 2>&1 & judge=$$!; fi; \
-	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO); rc=$$?; \
+	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO) || \
+		{ rc=$$?; test -z "$$judge" || kill $$judge 2>/dev/null; exit $$rc; }; \
 	if test -n "$$judge" && ! wait $$judge; then \
-		tail -n 5 $(DEMO)/judge/train_pose.log; echo "The pose judge failed: $(DEMO)/judge/train_pose.log"; exit 1; fi; \
-	exit $$rc
+		tail -n 5 $(DEMO)/judge/train_pose.log; echo "The pose judge failed: $(DEMO)/judge/train_pose.log"; exit 1; fi
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO) --config.mode=sample
 	$(DEMO_ENV) $(PY) -m reposedm_jax.main $(DEMO_CONFIG) --workdir=$(DEMO) --config.mode=eval \
 		--config.eval.hrnet_dir=$(DEMO)/judge/pose "--config.eval.pose_judges=('hrnet',)"
