@@ -43,8 +43,8 @@ def get_config(arg=None):
   r.init_flow = 'keypoints'
   # RPA is frozen after its pre-training: the joint step then runs RPA forward only (train.py), 601-618 ms a
   # step against 688-848 ms, compiled in 59-62 s against 73-86 s (tools.bench_train, this 2-core VM,
-  # 2026-12-07, runs interleaved; WORKSPACE.md, session 22). The updates after the pre-training moved the
-  # aligned source little on this data (the N = 2 note below).
+  # 2026-12-07, runs in turn; WORKSPACE.md, session 22). Its effect on quality is not measured apart: the
+  # fresh-clone figures below change it together with the steps and the learning rate.
   r.lr_mult_after_pretrain = 0.0
   # N = 2 recurrent updates after F^0 (the paper: 5). On the demo's test pairs, starting from the keypoint pre-warp,
   # the updates after F^0 change the aligned source's L1 on the target's body by 0.002 (0.3231 -> 0.3208 over
@@ -79,7 +79,7 @@ def get_config(arg=None):
   p = config.pose  # mode=train_pose: the small HigherHRNet (make demo's pose judge; guides variant=full).
   p.arch = 'small'
   # 600 steps: the guide's held-out PCK@0.1 0.789 at 300, 0.838 at 450, 0.852 at 600 (session 22's fresh clones,
-  # 4-7 steps/s); `make demo` trains the judge (600 steps, seed 1) beside the generator, where it costs little wall
+  # 3.9-6.9 steps/s); `make demo` trains the judge (600 steps, seed 1) beside the generator, where it costs little wall
   # time. The ablation's estimators used 1500 (0.86-0.90).
   p.batch_size, p.num_steps, p.warmup_steps = 16, 600, 100
   p.log_every, p.ckpt_every, p.eval_every = 100, 300, 300
